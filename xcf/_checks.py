@@ -1,0 +1,114 @@
+"""Input validation and the guarantees xcf gives about a user's modules.
+
+Every public entry point checks its inputs here, so that errors read the same everywhere, and wraps
+the work in :func:`preserved`, which restores what torch lets a computation change on a module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["check_inputs", "check_module_mode", "modules_of", "preserved", "format_inputs"]
+
+_BATCHNORM = (nn.modules.batchnorm._BatchNorm,)
+
+
+def format_inputs(inputs: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, bool]:
+    """Accept Captum's tensor-or-tuple ``inputs``; return the tensor and whether a tuple came in."""
+    if isinstance(inputs, tuple):
+        if len(inputs) != 1:
+            raise ValueError(
+                f"xcf explains models with one input tensor; got a tuple of {len(inputs)} tensors"
+            )
+        return inputs[0], True
+    return inputs, False
+
+
+def check_inputs(x: Any, name: str = "inputs", min_dim: int = 2) -> Tensor:
+    """Check that ``x`` is a finite, floating-point ``(N, ...)`` tensor with ``N >= 1``."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.ndim < min_dim:
+        raise ValueError(
+            f"{name} must have a batch dimension and at least {min_dim} dimensions "
+            f"(N, ...), got shape {tuple(x.shape)}"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = (~finite).flatten(1).any(dim=1).nonzero().flatten().tolist()
+        kind = "NaN" if bool(torch.isnan(x).any()) else "Inf"
+        raise ValueError(f"{name} contain {kind} values (samples {bad[:10]}{'...' if len(bad) > 10 else ''})")
+    return x
+
+
+def modules_of(obj: Any) -> list[nn.Module]:
+    """The ``nn.Module`` s reachable from ``obj``: itself, or a bound method's owner."""
+    if isinstance(obj, nn.Module):
+        return [obj]
+    owner = getattr(obj, "__self__", None)
+    if isinstance(owner, nn.Module):
+        return [owner]
+    return []
+
+
+def check_module_mode(obj: Any, role: str, *, forbid_training: bool = False) -> None:
+    """Refuse modules whose training mode would make the search wrong or mutate them.
+
+    A module in training mode with BatchNorm normalises with batch statistics (so samples are not
+    independent) and updates its running buffers.  With ``forbid_training`` any training-mode module
+    is refused (flows: dequantisation noise and data-dependent ActNorm initialisation).
+    """
+    for module in modules_of(obj):
+        if forbid_training and module.training:
+            raise ValueError(
+                f"the {role} is in training mode; call .eval() on it first (in training mode it "
+                "dequantises with noise, initialises ActNorm from data and updates BatchNorm buffers)"
+            )
+        for sub in module.modules():
+            if isinstance(sub, _BATCHNORM) and sub.training:
+                raise ValueError(
+                    f"the {role} is in training mode and contains BatchNorm ({type(sub).__name__}): "
+                    "batch statistics would couple the samples and its running buffers would change; "
+                    "call .eval() on it first"
+                )
+
+
+@contextlib.contextmanager
+def preserved(*objs: Any) -> Iterator[None]:
+    """Restore training flags, ``requires_grad`` and ``.grad`` of every parameter of ``objs``.
+
+    xcf never calls ``backward`` on a user's parameters (it differentiates with
+    ``torch.autograd.grad`` with respect to its own tensors), so nothing should change; this is the
+    safety net that makes the guarantee unconditional.
+    """
+    modules = [m for o in objs for m in modules_of(o)]
+    flags = [(sub, sub.training) for m in modules for sub in m.modules()]
+    params = [(p, p.requires_grad, p.grad) for m in modules for p in m.parameters()]
+    try:
+        yield
+    finally:
+        for sub, training in flags:
+            sub.training = training
+        for p, requires_grad, grad in params:
+            p.requires_grad_(requires_grad)
+            p.grad = grad
+
+
+def call_checked(fn: Callable[[Tensor], Tensor], x: Tensor, role: str) -> Tensor:
+    """Call ``fn(x)``; name ``role`` in any error and refuse non-tensor or non-finite outputs."""
+    out = fn(x)
+    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Tensor):
+        out = out[0]
+    if not isinstance(out, Tensor):
+        raise TypeError(f"the {role} must return a tensor, got {type(out).__name__}")
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"the {role} produced NaN or Inf values")
+    return out

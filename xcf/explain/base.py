@@ -1,0 +1,143 @@
+"""The Captum-style explainer every counterfactual method shares: a chart plus the engine."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Union
+
+import torch
+from captum.attr import Attribution
+from captum.log import log_usage
+from torch import Tensor
+
+from xcf._checks import check_inputs, check_module_mode, format_inputs, preserved
+from xcf.charts.base import Chart
+from xcf.objectives import ClassTarget, Objective, OutputKind, TargetType, as_target_tensor
+from xcf.search import CounterfactualResult, rms, search, timed
+
+__all__ = ["CounterfactualExplainer"]
+
+TensorOrTuple = Union[Tensor, tuple[Tensor, ...]]
+
+
+class CounterfactualExplainer(Attribution):
+    """Counterfactuals by ascent of the target class in the coordinates of a :class:`Chart`.
+
+    ``attribute`` follows Captum: it returns the difference map ``x' - x`` with the input's shape
+    (a tuple in gives a tuple out).  ``counterfactual`` returns the full
+    :class:`~xcf.search.CounterfactualResult`.
+
+    Args:
+        forward_func: the classifier ``f``.
+        chart: where the search runs.
+        output: what ``forward_func`` returns: ``"logits"`` (default), ``"probs"`` or ``"log_probs"``.
+    """
+
+    method = "counterfactual"
+    #: whether the chart's own modules must be in eval mode (flows: dequantisation, ActNorm init)
+    chart_needs_eval = False
+
+    def __init__(self, forward_func: Callable[..., Tensor], chart: Chart, output: OutputKind = "logits"):
+        super().__init__(forward_func)
+        if output not in ("logits", "probs", "log_probs"):
+            raise ValueError(f"output must be 'logits', 'probs' or 'log_probs', got {output!r}")
+        self.chart = chart
+        self.output = output
+
+    def has_convergence_delta(self) -> bool:
+        return False
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: TargetType | None = None,
+        additional_forward_args: Any = None,
+        **kwargs: Any,
+    ) -> TensorOrTuple:
+        """The difference map ``x' - x`` toward ``target``.
+
+        Args:
+            inputs: a ``(N, ...)`` tensor, or a one-tuple of it.
+            target: the class to reach: int, list of ints or tensor (one per input, or one for all).
+            additional_forward_args: extra arguments for ``forward_func``.
+            **kwargs: passed to :meth:`counterfactual` (``confidence``, ``steps``, ``lr``, ...).
+
+        Returns:
+            ``x' - x``, a tensor or a one-tuple like ``inputs``.
+        """
+        x, is_tuple = format_inputs(inputs)
+        result = self.counterfactual(x, target=target, additional_forward_args=additional_forward_args, **kwargs)
+        diff = result.difference
+        return (diff,) if is_tuple else diff
+
+    def counterfactual(
+        self,
+        inputs: TensorOrTuple,
+        target: TargetType | None = None,
+        *,
+        additional_forward_args: Any = None,
+        confidence: float = 0.99,
+        steps: Optional[int] = None,
+        lr: Optional[float] = None,
+        objective: Optional[Objective] = None,
+        progress: bool = False,
+    ) -> CounterfactualResult:
+        """Search counterfactuals of ``inputs`` toward ``target``.
+
+        Args:
+            inputs: a ``(N, ...)`` tensor (or one-tuple) of inputs, finite and on the model's device.
+            target: class index per input (int, list or tensor); required unless ``objective`` is given.
+            additional_forward_args: extra arguments for ``forward_func``.
+            confidence: stop a sample once ``softmax(f(x'))[target] >= confidence``.
+            steps: update budget per sample (default: the chart's).
+            lr: Adam step size (default: the chart's).
+            objective: a custom :class:`~xcf.objectives.Objective` in place of the class target.
+            progress: show a progress bar.
+
+        Returns:
+            A :class:`~xcf.search.CounterfactualResult`.
+        """
+        elapsed = timed()
+        x, _ = format_inputs(inputs)
+        check_inputs(x)
+        if objective is None:
+            objective = ClassTarget(as_target_tensor(target, x.shape[0], x.device), confidence, self.output)
+        targets = getattr(objective, "target", None)
+        with torch.enable_grad(), preserved(self.forward_func, *self.chart.modules()):
+            check_module_mode(self.forward_func, "classifier")
+            for module in self.chart.modules():
+                check_module_mode(module, f"{self.chart.name} model", forbid_training=self.chart_needs_eval)
+            self.chart.check(x)
+            start = self.chart.encode(x).detach()
+            with torch.no_grad():
+                reconstruction = self.chart.decode(start)
+            if reconstruction.shape != x.shape:
+                raise ValueError(
+                    f"the {self.chart.name} model decodes to shape {tuple(reconstruction.shape[1:])} "
+                    f"but the inputs have shape {tuple(x.shape[1:])}"
+                )
+            error = rms(reconstruction, x)
+            info = self.chart.check_reconstruction(error)
+            out = search(
+                self.forward_func,
+                self.chart.decode,
+                start,
+                objective,
+                steps=self.chart.steps if steps is None else int(steps),
+                lr=self.chart.lr if lr is None else float(lr),
+                additional_forward_args=additional_forward_args,
+                project=self.chart.project,
+                progress=progress,
+                description=f"{self.method} counterfactuals",
+            )
+        return CounterfactualResult(
+            inputs=x,
+            latent_start=start,
+            reconstruction=reconstruction,
+            reconstruction_error=error,
+            target=targets if isinstance(targets, Tensor) else torch.full_like(out["steps"], -1),
+            wall_time=elapsed(),
+            method=self.method,
+            info=info,
+            **out,
+        )

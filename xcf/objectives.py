@@ -1,0 +1,124 @@
+"""What the search optimises: objectives on the model's output.
+
+Every objective answers three questions per sample, given the model output for the samples still
+searching: the loss to *minimise*, the score that is reported and traced, and whether the
+stopping threshold is reached.  The search engine (:mod:`xcf.search`) never looks inside.
+
+:class:`ClassTarget` is the default: minimise the cross-entropy toward class ``k`` and stop once
+``softmax(f(x'))[k] >= confidence``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["Objective", "ClassTarget", "OutputKind", "TargetType", "as_target_tensor"]
+
+OutputKind = Literal["logits", "probs", "log_probs"]
+TargetType = Union[int, Sequence[int], Tensor]
+
+
+class Objective(Protocol):
+    """The contract between an objective and the search engine.
+
+    ``index`` holds, for each row of ``output``, its position in the original batch, so that an
+    objective with per-sample parameters (one target class per input) can select them while the
+    engine shrinks its active set.
+    """
+
+    def check(self, output: Tensor) -> None:
+        """Raise a ``ValueError`` naming the problem if ``output`` does not fit the objective."""
+
+    def __call__(self, output: Tensor, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Return ``(loss, score, reached)``, each of shape ``(len(output),)``."""
+
+
+def as_target_tensor(target: TargetType | None, n: int, device: torch.device) -> Tensor:
+    """Turn Captum-style ``target`` (int, list or tensor) into a ``(n,)`` long tensor.
+
+    Raises:
+        ValueError: if ``target`` is missing, not integral, or its length is neither 1 nor ``n``.
+    """
+    if target is None:
+        raise ValueError(
+            "target is required: the class each counterfactual should reach "
+            "(an int, a list of ints or a tensor of class indices)"
+        )
+    if isinstance(target, bool):
+        raise ValueError(f"target must be a class index, got the bool {target!r}")
+    if isinstance(target, int):
+        return torch.full((n,), target, dtype=torch.long, device=device)
+    if isinstance(target, Tensor):
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
+        t = target.to(device=device, dtype=torch.long).reshape(-1)
+    else:
+        items = list(target)
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+            raise ValueError(f"target must hold integer class indices, got {items!r}")
+        t = torch.tensor(items, dtype=torch.long, device=device)
+    if t.numel() == 1:
+        return t.expand(n).clone()
+    if t.numel() != n:
+        raise ValueError(f"target has {t.numel()} entries but the batch has {n} inputs")
+    return t
+
+
+def log_probabilities(output: Tensor, kind: OutputKind) -> Tensor:
+    """Log class probabilities from a classifier output of the given kind."""
+    if kind == "logits":
+        return F.log_softmax(output, dim=1)
+    if kind == "log_probs":
+        return output
+    if kind == "probs":
+        return output.clamp_min(torch.finfo(output.dtype).tiny).log()
+    raise ValueError(f"output must be 'logits', 'probs' or 'log_probs', got {kind!r}")
+
+
+class ClassTarget:
+    """Reach class ``target`` with probability at least ``confidence``.
+
+    loss = -log p_k(x'),  score = p_k(x'),  reached = p_k(x') >= confidence
+
+    Args:
+        target: ``(N,)`` long tensor of class indices, one per input.
+        confidence: the stopping threshold on the target probability, in (0, 1].
+        output: what the classifier returns: ``"logits"`` (default), ``"probs"`` or ``"log_probs"``.
+
+    Example:
+        >>> obj = ClassTarget(torch.tensor([1, 0]), confidence=0.9)
+        >>> loss, score, reached = obj(torch.tensor([[0.0, 5.0], [0.0, 5.0]]), torch.arange(2))
+        >>> reached.tolist()
+        [True, False]
+    """
+
+    def __init__(self, target: Tensor, confidence: float = 0.99, output: OutputKind = "logits"):
+        if not 0.0 < float(confidence) <= 1.0:
+            raise ValueError(f"confidence must be in (0, 1], got {confidence}")
+        if output not in ("logits", "probs", "log_probs"):
+            raise ValueError(f"output must be 'logits', 'probs' or 'log_probs', got {output!r}")
+        self.target = target
+        self.confidence = float(confidence)
+        self.output = output
+
+    def check(self, output: Tensor) -> None:
+        if output.ndim != 2:
+            raise ValueError(
+                f"the classifier must return a (batch, classes) tensor, got shape {tuple(output.shape)}"
+            )
+        n_classes = output.shape[1]
+        bad = (self.target < 0) | (self.target >= n_classes)
+        if bool(bad.any()):
+            values = sorted(set(self.target[bad].tolist()))
+            raise ValueError(
+                f"target {values} out of range: the classifier has {n_classes} classes (0..{n_classes - 1})"
+            )
+
+    def __call__(self, output: Tensor, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        logp = log_probabilities(output, self.output).gather(1, self.target[index].unsqueeze(1)).squeeze(1)
+        score = logp.exp()
+        return -logp, score, score >= self.confidence

@@ -1,0 +1,294 @@
+"""The ascent engine: one batched, per-sample early-stopping search used by every explainer.
+
+Given a differentiable ``decode`` (the chart), starting coordinates ``p0`` and an objective, the
+engine runs Adam on the objective's loss of ``forward_func(decode(p))``.  Each sample stops the first
+time its objective is reached; its iterate at that moment is kept and it leaves the *active set*,
+together with its Adam moments, so that the cost of a step follows the samples still searching.
+Samples that exhaust the step budget are reported as failures, never dropped.
+
+The loss is summed over samples (not averaged), so every sample's update depends on that sample
+alone: a batch gives the same answer as one call per sample.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from xcf.objectives import Objective
+
+__all__ = ["CounterfactualResult", "search"]
+
+
+@dataclass
+class CounterfactualResult:
+    """Everything a counterfactual search produced, one row per input.
+
+    Attributes:
+        inputs: the inputs ``x``, shape ``(N, ...)``.
+        counterfactual: the counterfactuals ``x'`` (the first iterate that reached the objective, or
+            the last iterate for failures), shape of ``inputs``.
+        latent: the chart coordinates of ``counterfactual``.
+        latent_start: the coordinates the search started from (``encode(x)``).
+        reconstruction: ``decode(encode(x))``, shape of ``inputs``.
+        reconstruction_error: per-sample root-mean-square of ``reconstruction - inputs``.
+        target: per-sample target (class index for class objectives).
+        success: per-sample bool: the objective was reached within the step budget.
+        steps: per-sample number of optimiser updates made before stopping.
+        score: per-sample objective score at ``counterfactual`` (for class objectives, the target
+            probability; also available as :attr:`target_prob`).
+        start_score: the score at the start of the search (at the reconstruction).
+        trace: ``(N, steps + 1)`` score after each update; NaN after a sample stopped.
+        wall_time: seconds the whole call took (encoding included).
+        method: the explainer that made it (``"diffeomorphic"``, ``"approximate"``, ``"adversarial"``).
+        info: extra, method-specific per-sample tensors (e.g. a poor-reconstruction flag).
+    """
+
+    inputs: Tensor
+    counterfactual: Tensor
+    latent: Tensor
+    latent_start: Tensor
+    reconstruction: Tensor
+    reconstruction_error: Tensor
+    target: Tensor
+    success: Tensor
+    steps: Tensor
+    score: Tensor
+    start_score: Tensor
+    trace: Tensor
+    wall_time: float
+    method: str = ""
+    info: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def target_prob(self) -> Tensor:
+        """The target-class probability at the counterfactual (the score of a class objective)."""
+        return self.score
+
+    @property
+    def difference(self) -> Tensor:
+        """The difference map ``x' - x``."""
+        return self.counterfactual - self.inputs
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.float().mean()) if len(self) else float("nan")
+
+    @property
+    def time_per_sample(self) -> float:
+        return self.wall_time / max(len(self), 1)
+
+    def __getitem__(self, index: Any) -> "CounterfactualResult":
+        """Select samples (int, slice, bool mask or index tensor); the wall time is kept as is."""
+        if isinstance(index, int):
+            index = slice(index, index + 1 if index != -1 else None)
+        changes = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Tensor):
+                changes[f.name] = value[index]
+        changes["info"] = {k: v[index] for k, v in self.info.items()}
+        return replace(self, **changes)
+
+    def to(self, device: torch.device | str) -> "CounterfactualResult":
+        changes = {f.name: getattr(self, f.name).to(device) for f in fields(self)
+                   if isinstance(getattr(self, f.name), Tensor)}
+        changes["info"] = {k: v.to(device) for k, v in self.info.items()}
+        return replace(self, **changes)
+
+    def summary(self) -> dict[str, float]:
+        """Success rate, median steps (successes), mean score and time per sample."""
+        ok = self.success
+        return {
+            "n": float(len(self)),
+            "success_rate": self.success_rate,
+            "median_steps": float(self.steps[ok].float().median()) if bool(ok.any()) else float("nan"),
+            "mean_score": float(self.score.float().mean()),
+            "mean_reconstruction_error": float(self.reconstruction_error.float().mean()),
+            "time_per_sample_s": self.time_per_sample,
+        }
+
+
+def _split_args(args: Any, n: int) -> tuple[tuple, list[bool]]:
+    """Normalise ``additional_forward_args`` to a tuple and mark which entries are per-sample."""
+    if args is None:
+        return (), []
+    if not isinstance(args, tuple):
+        args = (args,)
+    per_sample = [isinstance(a, Tensor) and a.ndim > 0 and a.shape[0] == n for a in args]
+    return args, per_sample
+
+
+def _select_args(args: tuple, per_sample: list[bool], index: Tensor) -> tuple:
+    return tuple(a[index] if ps else a for a, ps in zip(args, per_sample))
+
+
+@dataclass
+class _Trajectory:
+    """Per-sample outputs the engine fills in as samples stop."""
+
+    x: Optional[Tensor] = None
+    p: Optional[Tensor] = None
+
+
+def search(
+    forward_func: Callable[..., Tensor],
+    decode: Callable[[Tensor], Tensor],
+    start: Tensor,
+    objective: Objective,
+    *,
+    steps: int = 1000,
+    lr: float = 5e-2,
+    update: str = "adam",
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    additional_forward_args: Any = None,
+    project: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+    progress: bool = False,
+    description: str = "search",
+) -> dict[str, Tensor]:
+    """Minimise ``objective(forward_func(decode(p)))`` over ``p`` from ``start`` with Adam.
+
+    Each sample stops at the first iterate whose objective is reached (checked *before* each
+    update, so a sample that already satisfies it stops with 0 steps).  Finished samples leave the
+    active set with their Adam state.  A sample whose score turns non-finite stops as a failure at
+    its last finite iterate.
+
+    Args:
+        forward_func: the model; called as ``forward_func(x, *additional_forward_args)``.
+        decode: the chart's map from coordinates to inputs (identity or a clamp for pixel space).
+        start: ``(N, ...)`` starting coordinates.
+        objective: see :class:`xcf.objectives.Objective`.
+        steps: update budget per sample.
+        lr: step size.
+        update: the step rule: ``"adam"`` (default), ``"sign"`` (``p -= lr * sign(g)``, the L-inf
+            PGD step) or ``"l2"`` (``p -= lr * g / ||g||`` per sample, the L2 PGD step).
+        betas, eps: Adam's parameters (as in :class:`torch.optim.Adam`).
+        additional_forward_args: extra model arguments; tensors whose first dimension is ``N``
+            are split per sample, everything else is passed as is.
+        project: ``project(p, index)`` maps updated iterates of the samples ``index`` back onto
+            the feasible set (e.g. the data range); called after every update.
+        progress: show a tqdm bar over steps.
+
+    Returns:
+        A dict of per-sample tensors: ``counterfactual``, ``latent``, ``success``, ``steps``,
+        ``score``, ``start_score`` and ``trace``.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if update not in ("adam", "sign", "l2"):
+        raise ValueError(f"update must be 'adam', 'sign' or 'l2', got {update!r}")
+    n = start.shape[0]
+    device = start.device
+    args, per_sample = _split_args(additional_forward_args, n)
+
+    p = start.detach().clone()
+    m = torch.zeros_like(p)
+    v = torch.zeros_like(p)
+    active = torch.arange(n, device=device)
+    out = _Trajectory()
+    success = torch.zeros(n, dtype=torch.bool, device=device)
+    n_steps = torch.zeros(n, dtype=torch.long, device=device)
+    score_out = torch.full((n,), float("nan"), dtype=start.dtype, device=device)
+    start_score = torch.full_like(score_out, float("nan"))
+    trace = torch.full((n, steps + 1), float("nan"), dtype=start.dtype, device=device)
+    b1, b2 = betas
+    prev_p: Optional[Tensor] = None
+
+    bar = tqdm(total=n, desc=description, unit="sample", disable=not progress, leave=False)
+    try:
+        for t in range(steps + 1):
+            with torch.enable_grad():
+                q = p.requires_grad_(True)
+                x = decode(q)
+                output = forward_func(x, *_select_args(args, per_sample, active))
+                if t == 0:
+                    objective.check(output)
+                    if not bool(torch.isfinite(x).all()):
+                        raise ValueError("decode produced NaN or Inf at the starting coordinates")
+                    out.x = torch.empty((n,) + x.shape[1:], dtype=x.dtype, device=device)
+                    out.p = torch.empty_like(start)
+                loss, score, reached = objective(output, active)
+            score = score.detach()
+            trace[active, t] = score
+            if t == 0:
+                start_score[active] = score
+            broken = ~torch.isfinite(score)
+            finished = reached | broken
+            if t == steps:
+                finished = torch.ones_like(finished)
+            done = finished.nonzero().squeeze(1)
+            if done.numel():
+                rows = active[done]
+                xd, pd, sd = x.detach()[done], q.detach()[done], score[done]
+                bad = broken[done]
+                if prev_p is not None and bool(bad.any()):
+                    # Fall back to the last iterate that had a finite score.
+                    with torch.no_grad():
+                        pd[bad] = prev_p[done][bad]
+                        xd[bad] = decode(pd[bad])
+                        sd[bad] = float("nan")
+                out.x[rows] = xd
+                out.p[rows] = pd
+                success[rows] = reached[done] & ~bad
+                n_steps[rows] = t
+                score_out[rows] = sd
+                bar.update(int(done.numel()))
+                keep = (~finished).nonzero().squeeze(1)
+                if keep.numel() == 0:
+                    break
+            else:
+                keep = None
+            (grad,) = torch.autograd.grad(loss.sum(), q)
+            with torch.no_grad():
+                p = q.detach()
+                if keep is not None:
+                    p, m, v, grad, active = p[keep], m[keep], v[keep], grad[keep], active[keep]
+                prev_p = p.clone()
+                if update == "adam":
+                    m.mul_(b1).add_(grad, alpha=1 - b1)
+                    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+                    step_size = lr / (1 - b1 ** (t + 1))
+                    denom = (v / (1 - b2 ** (t + 1))).sqrt_().add_(eps)
+                    p.addcdiv_(m, denom, value=-step_size)
+                elif update == "sign":
+                    p.add_(grad.sign(), alpha=-lr)
+                else:
+                    norm = grad.flatten(1).norm(dim=1).clamp_min(torch.finfo(grad.dtype).tiny)
+                    p.add_(grad / norm.view((-1,) + (1,) * (grad.ndim - 1)), alpha=-lr)
+                if project is not None:
+                    p = project(p, active)
+    finally:
+        bar.close()
+    return {
+        "counterfactual": out.x,
+        "latent": out.p,
+        "success": success,
+        "steps": n_steps,
+        "score": score_out,
+        "start_score": start_score,
+        "trace": trace,
+    }
+
+
+def rms(a: Tensor, b: Tensor) -> Tensor:
+    """Per-sample root-mean-square difference of two batches."""
+    d = (a - b).flatten(1)
+    return d.pow(2).mean(dim=1).sqrt() if d.shape[1] else d.new_zeros(d.shape[0])
+
+
+def timed() -> Callable[[], float]:
+    """A stopwatch: ``elapsed = timed(); ...; elapsed()`` gives seconds since the call."""
+    t0 = time.perf_counter()
+    return lambda: time.perf_counter() - t0
+
