@@ -15,12 +15,14 @@ class Chart:
     ``decode`` must be differentiable; ``encode`` may be exact (a flow), the identity (pixels) or
     an optimisation (a generator's inversion).  ``project`` maps an iterate back onto the feasible
     set after each update (identity by default).  ``lr`` and ``steps`` are the defaults that suit
-    the chart's coordinates.
+    the chart's coordinates; ``update`` is the step rule.
     """
 
     name: str = "chart"
     lr: float = 5e-2
     steps: int = 1000
+    #: the engine's step rule for this chart: "adam", "sign" or "l2" (see :func:`xcf.search.search`)
+    update: str = "adam"
 
     def encode(self, x: Tensor) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError

@@ -125,6 +125,7 @@ class CounterfactualExplainer(Attribution):
                 objective,
                 steps=self.chart.steps if steps is None else int(steps),
                 lr=self.chart.lr if lr is None else float(lr),
+                update=self.chart.update,
                 additional_forward_args=additional_forward_args,
                 project=self.chart.project,
                 progress=progress,
