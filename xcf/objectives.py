@@ -10,13 +10,13 @@ stopping threshold is reached.  The search engine (:mod:`xcf.search`) never look
 
 from __future__ import annotations
 
-from typing import Literal, Protocol, Sequence, Union
+from typing import Callable, Literal, Protocol, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Objective", "ClassTarget", "OutputKind", "TargetType", "as_target_tensor"]
+__all__ = ["Objective", "ClassTarget", "ScalarTarget", "OutputKind", "TargetType", "as_target_tensor"]
 
 OutputKind = Literal["logits", "probs", "log_probs"]
 TargetType = Union[int, Sequence[int], Tensor]
@@ -122,3 +122,92 @@ class ClassTarget:
         logp = log_probabilities(output, self.output).gather(1, self.target[index].unsqueeze(1)).squeeze(1)
         score = logp.exp()
         return -logp, score, score >= self.confidence
+
+
+class ScalarTarget:
+    """Push one scalar of the model output past a threshold (regression, a sigmoid attribute, a margin).
+
+    ``s(x') = transform(select(f(x')))``; with ``direction="increase"`` the loss is ``-s`` and the
+    objective is reached once ``s >= threshold``; with ``"decrease"`` the loss is ``s`` and it is
+    reached once ``s <= threshold``.  With ``transform="sigmoid"`` the loss is the binary
+    cross-entropy toward 1 (or 0), ``-log σ(±logit)``, which does not vanish when the attribute is
+    far from the threshold.
+
+    Args:
+        threshold: the value to pass: a float, or a tensor with one value per input.
+        direction: ``"increase"`` or ``"decrease"``.
+        select: which scalar: ``None`` (the output is ``(N,)`` or ``(N, 1)``), an output column
+            (int, like Captum's ``target``), or a callable ``output -> (N,)`` tensor.
+        transform: ``None`` or ``"sigmoid"`` (the output is a logit of an attribute).
+
+    Example:
+        >>> count = ScalarTarget(threshold=10.0, direction="increase")
+        >>> loss, score, reached = count(torch.tensor([[12.0], [3.0]]), torch.arange(2))
+        >>> reached.tolist()
+        [True, False]
+    """
+
+    def __init__(
+        self,
+        threshold: float | Tensor,
+        direction: Literal["increase", "decrease"] = "increase",
+        select: int | Callable[[Tensor], Tensor] | None = None,
+        transform: Literal["sigmoid"] | None = None,
+    ):
+        if direction not in ("increase", "decrease"):
+            raise ValueError(f"direction must be 'increase' or 'decrease', got {direction!r}")
+        if transform not in (None, "sigmoid"):
+            raise ValueError(f"transform must be None or 'sigmoid', got {transform!r}")
+        if isinstance(select, bool) or not (select is None or isinstance(select, int) or callable(select)):
+            raise ValueError(f"select must be None, an output index or a callable, got {select!r}")
+        t = torch.as_tensor(threshold, dtype=torch.float64)
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"threshold must be finite, got {threshold!r}")
+        if transform == "sigmoid" and bool(((t <= 0) | (t >= 1)).any()):
+            raise ValueError(f"a sigmoid attribute's threshold must lie in (0, 1), got {threshold!r}")
+        self.threshold = t
+        self.direction = direction
+        self.select = select
+        self.transform = transform
+
+    def value(self, output: Tensor) -> Tensor:
+        """The selected scalar before ``transform`` (a logit for sigmoid attributes), shape ``(N,)``."""
+        if callable(self.select):
+            v = self.select(output)
+            if not isinstance(v, Tensor) or v.shape != (output.shape[0],):
+                got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+                raise ValueError(f"the objective's select callable must return shape ({output.shape[0]},), got {got}")
+            return v
+        if self.select is None:
+            if output.ndim == 1:
+                return output
+            if output.ndim == 2 and output.shape[1] == 1:
+                return output[:, 0]
+            raise ValueError(
+                f"the model returns shape {tuple(output.shape)}: pass select=<output index> "
+                "or a callable to choose the scalar to optimise"
+            )
+        if output.ndim != 2 or not -output.shape[1] <= self.select < output.shape[1]:
+            raise ValueError(f"output index {self.select} does not exist: the model returns shape {tuple(output.shape)}")
+        return output[:, self.select]
+
+    def check(self, output: Tensor) -> None:
+        self.value(output)
+        n = output.shape[0]
+        if self.threshold.numel() not in (1, n) and self.threshold.ndim > 0:
+            raise ValueError(f"threshold has {self.threshold.numel()} entries but the batch has {n} inputs")
+
+    def __call__(self, output: Tensor, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        v = self.value(output)
+        thr = self.threshold.to(device=v.device, dtype=v.dtype)
+        if thr.ndim > 0 and thr.numel() > 1:
+            thr = thr[index]
+        sign = 1.0 if self.direction == "increase" else -1.0
+        if self.transform == "sigmoid":
+            score = torch.sigmoid(v)
+            loss = -F.logsigmoid(sign * v)
+        else:
+            score = v
+            loss = -sign * v
+        reached = score >= thr if self.direction == "increase" else score <= thr
+        return loss, score, reached

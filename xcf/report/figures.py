@@ -1,0 +1,139 @@
+"""Report figures: counterfactual grids with class probabilities, and saving to PNG/PDF.
+
+Every function returns a :class:`matplotlib.figure.Figure` built with the object-oriented API (no
+global pyplot state), so they work headless and inside notebooks alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from xcf.search import CounterfactualResult  # noqa: E402
+
+__all__ = ["method_grid", "comparison_grid", "save_figure", "image_of"]
+
+
+def image_of(x: Tensor):
+    """A ``(H, W)`` or ``(H, W, 3)`` numpy image from a ``(C, H, W)`` tensor."""
+    x = x.detach().float().cpu()
+    if x.ndim == 3 and x.shape[0] == 1:
+        return x[0].numpy()
+    if x.ndim == 3:
+        return x.permute(1, 2, 0).clamp(0, 1).numpy()
+    return x.numpy()
+
+
+def _predict(classifier: Optional[Callable[[Tensor], Tensor]], x: Tensor) -> Optional[Tensor]:
+    if classifier is None:
+        return None
+    with torch.no_grad():
+        return torch.softmax(classifier(x), dim=1)
+
+
+def _label(probs: Optional[Tensor], i: int, names: Optional[Sequence[str]], prefix: str = "") -> str:
+    if probs is None:
+        return prefix
+    k = int(probs[i].argmax())
+    name = names[k] if names else str(k)
+    return f"{prefix}{name} ({float(probs[i, k]):.2f})"
+
+
+def _show(ax, img, title: str, cmap: str = "gray", vmin=0.0, vmax=1.0, color: str = "black") -> None:
+    ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_title(title, fontsize=8, color=color)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def method_grid(
+    result: CounterfactualResult,
+    classifier: Optional[Callable[[Tensor], Tensor]] = None,
+    n: int = 8,
+    class_names: Optional[Sequence[str]] = None,
+    title: Optional[str] = None,
+) -> Figure:
+    """Rows of (original, reconstruction, counterfactual, difference map) for one method.
+
+    Titles give the predicted class and its probability; a counterfactual's title is green when
+    the search succeeded and red when it failed.  Difference maps share one symmetric colour scale.
+    """
+    n = min(n, len(result))
+    probs_x = _predict(classifier, result.inputs[:n])
+    probs_r = _predict(classifier, result.reconstruction[:n])
+    probs_c = _predict(classifier, result.counterfactual[:n])
+    diff = result.difference[:n]
+    scale = float(diff.abs().max()) or 1.0
+    fig, axes = plt.subplots(n, 4, figsize=(4 * 1.6, n * 1.7), squeeze=False)
+    for i in range(n):
+        ok = bool(result.success[i])
+        tgt = int(result.target[i])
+        tname = class_names[tgt] if class_names and tgt >= 0 else str(tgt)
+        _show(axes[i, 0], image_of(result.inputs[i]), _label(probs_x, i, class_names, "x: "))
+        _show(axes[i, 1], image_of(result.reconstruction[i]),
+              _label(probs_r, i, class_names, "rec: ") + f"\nrms {float(result.reconstruction_error[i]):.3f}")
+        _show(axes[i, 2], image_of(result.counterfactual[i]),
+              _label(probs_c, i, class_names, f"→{tname}: ") + f"\n{int(result.steps[i])} steps",
+              color="green" if ok else "red")
+        _show(axes[i, 3], image_of(diff[i].mean(0) if diff[i].ndim == 3 else diff[i]), "x' − x",
+              cmap="RdBu_r", vmin=-scale, vmax=scale)
+    fig.suptitle(title or f"{result.method} counterfactuals", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def comparison_grid(
+    results: Mapping[str, CounterfactualResult],
+    classifier: Optional[Callable[[Tensor], Tensor]] = None,
+    n: int = 8,
+    class_names: Optional[Sequence[str]] = None,
+) -> Figure:
+    """The same inputs explained by several methods: the input, then per method ``x'`` and ``x' − x``."""
+    names = list(results)
+    if not names:
+        raise ValueError("comparison_grid needs at least one result")
+    first = results[names[0]]
+    n = min([n] + [len(r) for r in results.values()])
+    for name in names[1:]:
+        if not torch.equal(results[name].inputs[:n], first.inputs[:n]):
+            raise ValueError(f"results {names[0]!r} and {name!r} explain different inputs")
+    cols = 1 + 2 * len(names)
+    fig, axes = plt.subplots(n, cols, figsize=(cols * 1.45, n * 1.6), squeeze=False)
+    probs_x = _predict(classifier, first.inputs[:n])
+    scale = max(float(r.difference[:n].abs().max()) for r in results.values()) or 1.0
+    for i in range(n):
+        _show(axes[i, 0], image_of(first.inputs[i]), _label(probs_x, i, class_names, "x: "))
+    for j, name in enumerate(names):
+        r = results[name]
+        probs_c = _predict(classifier, r.counterfactual[:n])
+        for i in range(n):
+            ok = bool(r.success[i])
+            _show(axes[i, 1 + 2 * j], image_of(r.counterfactual[i]),
+                  (f"{name}\n" if i == 0 else "") + _label(probs_c, i, class_names),
+                  color="green" if ok else "red")
+            d = r.difference[i]
+            _show(axes[i, 2 + 2 * j], image_of(d.mean(0) if d.ndim == 3 else d), "x' − x" if i == 0 else "",
+                  cmap="RdBu_r", vmin=-scale, vmax=scale)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path, formats: Sequence[str] = ("png",), dpi: int = 130) -> list[Path]:
+    """Save ``fig`` as ``path`` with each suffix in ``formats`` (e.g. PNG for the report, PDF for papers)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in formats:
+        target = path.with_suffix("." + fmt)
+        fig.savefig(target, dpi=dpi, bbox_inches="tight")
+        written.append(target)
+    plt.close(fig)
+    return written
