@@ -87,15 +87,20 @@ class CounterfactualResult:
         return self.wall_time / max(len(self), 1)
 
     def __getitem__(self, index: Any) -> "CounterfactualResult":
-        """Select samples (int, slice, bool mask or index tensor); the wall time is kept as is."""
+        """Select samples (int, slice, bool mask or index tensor).
+
+        The wall time is apportioned by sample count, so :attr:`time_per_sample` is unchanged.
+        """
         if isinstance(index, int):
             index = slice(index, index + 1 if index != -1 else None)
-        changes = {}
+        n_before = len(self)
+        changes: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, Tensor):
                 changes[f.name] = value[index]
         changes["info"] = {k: v[index] for k, v in self.info.items()}
+        changes["wall_time"] = self.wall_time * changes["inputs"].shape[0] / max(n_before, 1)
         return replace(self, **changes)
 
     def to(self, device: torch.device | str) -> "CounterfactualResult":

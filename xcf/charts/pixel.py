@@ -17,13 +17,19 @@ class PixelChart(Chart):
 
     Args:
         bounds: ``(low, high)`` of the data range, or ``None`` for no clamping.
+        update: the engine's step rule: ``"adam"`` (default), ``"sign"`` or ``"l2"`` (normalised
+            gradient steps, which concentrate a change on the pixels the classifier is most
+            sensitive to, where Adam moves every pixel by about the same amount).
     """
 
     name = "pixel"
     lr = 5e-3
     steps = 1000
 
-    def __init__(self, bounds: tuple[float, float] | None = (0.0, 1.0)):
+    def __init__(self, bounds: tuple[float, float] | None = (0.0, 1.0), update: str = "adam"):
+        if update not in ("adam", "sign", "l2"):
+            raise ValueError(f"update must be 'adam', 'sign' or 'l2', got {update!r}")
+        self.update = update
         if bounds is not None:
             lo, hi = bounds
             if not lo < hi:
