@@ -1,0 +1,380 @@
+"""A DCGAN-style generator and discriminator for small images, and how to train them.
+
+The generator ``G: z -> x`` maps a standard normal latent ``z ~ N(0, I_d)`` through a linear layer
+and two stride-2 transposed convolutions to an image; a final sigmoid keeps pixels in ``[0, 1]``.
+The discriminator ``D: x -> logit`` mirrors it with two stride-2 convolutions (no normalisation,
+so it is also a valid WGAN-GP critic).
+
+Two losses are offered (``s = D(x)`` is a logit, ``σ`` the logistic function):
+
+* ``"ns"`` (non-saturating, Goodfellow et al. 2014): ``D`` minimises
+  ``-log σ(D(x)) - log(1 - σ(D(G(z))))`` and ``G`` *maximises* ``log σ(D(G(z)))``, i.e. minimises
+  ``softplus(-D(G(z)))``, which keeps its gradient alive when ``D`` wins.
+* ``"wgan-gp"`` (Gulrajani et al. 2017): the critic minimises
+  ``D(G(z)) - D(x) + λ (||∇D(x̂)||₂ - 1)²`` at random interpolates ``x̂`` of real and fake
+  samples, ``G`` minimises ``-D(G(z))``; the critic takes ``n_critic`` steps per generator step.
+
+:func:`digits_gan` trains the reference generator of the digits default (about a minute on one
+CPU thread) and caches it with :func:`xcf.models.io.cached_model`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+__all__ = ["DCGANGenerator", "DCGANDiscriminator", "train_gan", "digits_gan"]
+
+_SIZES = (8, 28)
+
+
+def _check_image_size(image_size: int) -> int:
+    if image_size not in _SIZES:
+        raise ValueError(f"image_size must be one of {_SIZES}, got {image_size!r}")
+    return int(image_size)
+
+
+class DCGANGenerator(nn.Module):
+    """``z -> x``: linear layer to a ``(4w, s/4, s/4)`` map, two ``ConvTranspose2d(4, 2, 1)`` + sigmoid.
+
+    BatchNorm follows the linear layer and the first transposed convolution (train it in training
+    mode; use it in eval mode, as :func:`train_gan` and :func:`digits_gan` leave it).
+
+    Args:
+        latent_dim: dimension ``d`` of ``z``.
+        image_size: 8 (the digits default) or 28 (MNIST-like).
+        channels: image channels.
+        width: base number of feature maps.
+
+    Inputs ``(N, d)`` or ``(N, d, 1, 1)``; outputs ``(N, channels, image_size, image_size)`` in ``[0, 1]``.
+
+    Example:
+        >>> G = DCGANGenerator(16, image_size=8).eval()
+        >>> G(torch.randn(5, 16)).shape
+        torch.Size([5, 1, 8, 8])
+    """
+
+    def __init__(self, latent_dim: int, image_size: int = 8, channels: int = 1, width: int = 32):
+        super().__init__()
+        if latent_dim < 1 or channels < 1 or width < 1:
+            raise ValueError(
+                f"latent_dim, channels and width must be >= 1, got {latent_dim}, {channels}, {width}"
+            )
+        self.latent_dim = int(latent_dim)
+        self.image_size = _check_image_size(image_size)
+        self.channels = int(channels)
+        s = self.image_size // 4
+        self._base = (4 * width, s, s)
+        self.project = nn.Sequential(
+            nn.Linear(latent_dim, 4 * width * s * s, bias=False),
+            nn.BatchNorm1d(4 * width * s * s),
+            nn.ReLU(),
+        )
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(4 * width, 2 * width, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+            nn.ConvTranspose2d(2 * width, channels, 4, 2, 1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        if z.ndim < 2 or z[0].numel() != self.latent_dim:
+            raise ValueError(
+                f"the generator takes latents of shape (N, {self.latent_dim}) or (N, {self.latent_dim}, 1, 1), "
+                f"got {tuple(z.shape)}"
+            )
+        h = self.project(z.flatten(1))
+        return self.net(h.view((z.shape[0],) + self._base))
+
+
+class DCGANDiscriminator(nn.Module):
+    """``x -> logit``: two ``Conv2d(4, 2, 1)`` with LeakyReLU(0.2), then a linear layer.
+
+    No normalisation layers, so it serves both as the ``"ns"`` discriminator and the ``"wgan-gp"``
+    critic (whose gradient penalty is per sample).
+
+    Args:
+        image_size: 8 or 28.
+        channels: image channels.
+        width: base number of feature maps.
+
+    Example:
+        >>> DCGANDiscriminator(8)(torch.rand(3, 1, 8, 8)).shape
+        torch.Size([3])
+    """
+
+    def __init__(self, image_size: int = 8, channels: int = 1, width: int = 32):
+        super().__init__()
+        self.image_size = _check_image_size(image_size)
+        self.channels = int(channels)
+        s = self.image_size // 4
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, 2 * width, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * width, 4 * width, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.Flatten(),
+            nn.Linear(4 * width * s * s, 1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        expected = (self.channels, self.image_size, self.image_size)
+        if tuple(x.shape[1:]) != expected:
+            raise ValueError(f"the discriminator takes images of shape (N, {', '.join(map(str, expected))}), "
+                             f"got {tuple(x.shape)}")
+        return self.net(x).squeeze(1)
+
+
+def _gradient_penalty(D: nn.Module, real: Tensor, fake: Tensor, gen: torch.Generator) -> Tensor:
+    """``mean((||∇D(x̂)||₂ - 1)²)`` at ``x̂ = a·real + (1 - a)·fake``, ``a ~ U(0, 1)`` per sample."""
+    a = torch.rand((real.shape[0],) + (1,) * (real.ndim - 1), generator=gen, device=real.device, dtype=real.dtype)
+    mix = (a * real + (1 - a) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(D(mix).sum(), mix, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
+
+
+def _recalibrate_batchnorm(
+    G: nn.Module, latent_dim: int, gen: torch.Generator, dtype: torch.dtype, device: torch.device,
+    batches: int = 20, batch_size: int = 256,
+) -> None:
+    """Re-estimate BatchNorm running statistics of ``G`` as plain averages over prior samples."""
+    norms = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    G.train()
+    try:
+        with torch.no_grad():
+            for _ in range(batches):
+                G(torch.randn(batch_size, latent_dim, generator=gen, device=device, dtype=dtype))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        G.eval()
+
+
+def train_gan(
+    G: nn.Module,
+    D: nn.Module,
+    x: Tensor,
+    loss: str = "ns",
+    epochs: int = 100,
+    lr: float = 2e-4,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = False,
+    n_critic: Optional[int] = None,
+    gp_weight: float = 10.0,
+    betas: Optional[tuple[float, float]] = None,
+    ema: Optional[float] = None,
+    max_seconds: Optional[float] = None,
+) -> dict[str, Any]:
+    """Train ``G`` and ``D`` in place on images ``x``; both are left in eval mode.
+
+    Latents, shuffling and interpolation weights come from a ``torch.Generator`` seeded with
+    ``seed`` (model initialisation is the caller's business), so a run is reproducible.
+
+    Args:
+        G: generator ``z -> x``; must have an integer attribute ``latent_dim``.
+        D: discriminator / critic ``x -> (N,)`` logits.
+        x: ``(N, C, H, W)`` training images in the generator's output range.
+        loss: ``"ns"`` (non-saturating) or ``"wgan-gp"``.
+        epochs: passes over ``x`` (counted in discriminator batches).
+        lr: Adam step size of both networks.
+        batch_size: images per step.
+        seed: seed of the training randomness.
+        progress: show a tqdm bar over epochs.
+        n_critic: discriminator steps per generator step (default 1 for ``"ns"``, 5 for ``"wgan-gp"``).
+        gp_weight: ``λ`` of the gradient penalty (``"wgan-gp"`` only).
+        betas: Adam's betas (default ``(0.5, 0.999)`` for ``"ns"``, ``(0.0, 0.9)`` for ``"wgan-gp"``).
+        ema: if given (e.g. ``0.999``), ``G`` ends with an exponential moving average of its weights
+            over the generator steps (``θ̄ ← ema·θ̄ + (1 - ema)·θ``), which smooths the oscillation
+            of adversarial training; its BatchNorm statistics are then re-estimated on prior samples.
+        max_seconds: stop after the epoch during which this much time has passed.
+
+    Returns:
+        ``{"d_loss": [...], "g_loss": [...]}`` (per-epoch means; for ``"wgan-gp"`` ``d_loss``
+        includes the penalty and ``"wasserstein"`` holds the critic's estimate ``E D(x) - E D(G(z))``),
+        plus ``"epochs"``, ``"steps"`` (generator updates) and ``"seconds"``.
+
+    Example:
+        >>> G, D = DCGANGenerator(8, 8), DCGANDiscriminator(8)
+        >>> history = train_gan(G, D, torch.rand(64, 1, 8, 8), epochs=2)
+        >>> len(history["d_loss"])
+        2
+    """
+    if loss not in ("ns", "wgan-gp"):
+        raise ValueError(f"loss must be 'ns' or 'wgan-gp', got {loss!r}")
+    if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[0] < 2:
+        raise ValueError(f"x must be a (N, C, H, W) tensor with N >= 2, got {getattr(x, 'shape', type(x))}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or Inf values")
+    if epochs < 0 or batch_size < 1 or not lr > 0:
+        raise ValueError(f"need epochs >= 0, batch_size >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}")
+    latent_dim = getattr(G, "latent_dim", None)
+    if not isinstance(latent_dim, int):
+        raise TypeError("G must have an integer attribute latent_dim (the size of z)")
+    n_critic = (1 if loss == "ns" else 5) if n_critic is None else int(n_critic)
+    if n_critic < 1:
+        raise ValueError(f"n_critic must be >= 1, got {n_critic}")
+    if ema is not None and not 0.0 <= ema < 1.0:
+        raise ValueError(f"ema must be in [0, 1), got {ema}")
+    betas = ((0.5, 0.999) if loss == "ns" else (0.0, 0.9)) if betas is None else betas
+    device = x.device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    opt_g = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=lr, betas=betas)
+    n = x.shape[0]
+    batch_size = min(batch_size, n)
+    history: dict[str, Any] = {"d_loss": [], "g_loss": []}
+    if loss == "wgan-gp":
+        history["wasserstein"] = []
+    t0 = time.perf_counter()
+    g_steps = 0
+    k = 0  # discriminator steps since the last generator step
+    params = [p for p in G.parameters() if p.requires_grad]
+    averaged = [p.detach().clone() for p in params] if ema is not None else None
+    G.train()
+    D.train()
+    try:
+        for _ in tqdm(range(epochs), desc=f"GAN ({loss})", disable=not progress, leave=False):
+            order = torch.randperm(n, generator=gen, device=device)
+            sums = torch.zeros(3, dtype=x.dtype, device=device)
+            counts = torch.zeros(2, dtype=x.dtype, device=device)
+            for i in range(0, n - batch_size + 1, batch_size):
+                real = x[order[i:i + batch_size]]
+                z = torch.randn(real.shape[0], latent_dim, generator=gen, device=device, dtype=x.dtype)
+                with torch.no_grad():
+                    fake = G(z)
+                d_out = D(torch.cat([real, fake]))  # one pass: D has no batch coupling
+                d_real, d_fake = d_out[: real.shape[0]], d_out[real.shape[0]:]
+                if loss == "ns":
+                    d_loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+                else:
+                    w = d_real.mean() - d_fake.mean()
+                    d_loss = -w + gp_weight * _gradient_penalty(D, real, fake, gen)
+                    sums[2] += w.detach()
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                opt_d.step()
+                sums[0] += d_loss.detach()
+                counts[0] += 1
+                k += 1
+                if k < n_critic:
+                    continue
+                k = 0
+                z = torch.randn(real.shape[0], latent_dim, generator=gen, device=device, dtype=x.dtype)
+                out = D(G(z))
+                g_loss = F.softplus(-out).mean() if loss == "ns" else -out.mean()
+                opt_g.zero_grad(set_to_none=True)
+                g_loss.backward()
+                opt_g.step()
+                if averaged is not None:
+                    torch._foreach_lerp_(averaged, [p.detach() for p in params], 1.0 - ema)
+                sums[1] += g_loss.detach()
+                counts[1] += 1
+                g_steps += 1
+            means = (sums[:2] / counts.clamp_min(1)).tolist()
+            history["d_loss"].append(means[0])
+            history["g_loss"].append(means[1] if float(counts[1]) else math.nan)
+            if loss == "wgan-gp":
+                history["wasserstein"].append(float(sums[2] / counts[0].clamp_min(1)))
+            if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+                break
+    finally:
+        opt_g.zero_grad(set_to_none=True)
+        opt_d.zero_grad(set_to_none=True)
+        G.eval()
+        D.eval()
+    if averaged is not None and g_steps:
+        with torch.no_grad():
+            for p, a in zip(params, averaged):
+                p.copy_(a)
+        _recalibrate_batchnorm(G, latent_dim, gen, x.dtype, device)
+    history["epochs"] = len(history["d_loss"])
+    history["steps"] = g_steps
+    history["seconds"] = time.perf_counter() - t0
+    return history
+
+
+#: settings of the reference digits GAN (part of the cache key)
+DIGITS_GAN_CONFIG: dict[str, Any] = {
+    "latent_dim": 16,
+    "image_size": 8,
+    "channels": 1,
+    "width": 16,
+    "loss": "ns",
+    "epochs": 150,
+    "lr": 5e-4,
+    "batch_size": 64,
+    "ema": 0.999,
+    "seed": 0,
+    "data": "digits-train",
+}
+
+
+def _build_generator(config: dict[str, Any]) -> DCGANGenerator:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config["seed"])
+        return DCGANGenerator(config["latent_dim"], config["image_size"], config["channels"], config["width"])
+
+
+def digits_gan(
+    cache_dir: Optional[str] = None,
+    retrain: bool = False,
+    progress: bool = False,
+) -> tuple[DCGANGenerator, dict[str, Any]]:
+    """The reference GAN generator of the digits default (8x8, ``z ∈ R^16``), trained once and cached.
+
+    Trains :class:`DCGANGenerator` / :class:`DCGANDiscriminator` with the non-saturating loss on the
+    training split of :func:`xcf.datasets.load_digits` (150 epochs, about a minute on one CPU
+    thread), keeps an exponential moving average of the generator's weights (``ema=0.999``), and
+    caches the generator with :func:`xcf.models.io.cached_model`.
+
+    Args:
+        cache_dir: the model cache (default ``$XCF_CACHE`` or ``~/.cache/xcf``).
+        retrain: ignore a cached file.
+        progress: show a progress bar while training.
+
+    Returns:
+        ``(generator in eval mode, metrics)``; metrics hold the final losses, epochs and seconds.
+
+    Example:
+        >>> G, metrics = digits_gan()                        # doctest: +SKIP
+        >>> G(torch.randn(4, G.latent_dim)).shape            # doctest: +SKIP
+        torch.Size([4, 1, 8, 8])
+    """
+    from xcf.datasets import load_digits
+    from xcf.models.io import cached_model
+
+    config = dict(DIGITS_GAN_CONFIG)
+
+    def train(G: nn.Module) -> dict[str, Any]:
+        x, _ = load_digits("train")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config["seed"] + 1)
+            D = DCGANDiscriminator(config["image_size"], config["channels"], config["width"])
+        history = train_gan(
+            G, D, x, loss=config["loss"], epochs=config["epochs"], lr=config["lr"],
+            batch_size=config["batch_size"], seed=config["seed"], progress=progress, ema=config["ema"],
+        )
+        return {
+            "d_loss": history["d_loss"][-1],
+            "g_loss": history["g_loss"][-1],
+            "epochs": history["epochs"],
+            "steps": history["steps"],
+            "train_seconds": history["seconds"],
+        }
+
+    model, metrics = cached_model("digits-gan", config, _build_generator, train, cache_dir, retrain)
+    return model, metrics
