@@ -10,6 +10,7 @@ stopping threshold is reached.  The search engine (:mod:`xcf.search`) never look
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Literal, Protocol, Sequence, Union
 
 import torch
@@ -133,6 +134,11 @@ class ScalarTarget:
     cross-entropy toward 1 (or 0), ``-log σ(±logit)``, which does not vanish when the attribute is
     far from the threshold.
 
+    ``check`` (called by the engine on the starting output) warns when samples already satisfy the
+    objective: they stop at once with 0 steps and ``success=True``, their counterfactual is the
+    start.  ``record`` gives the per-sample threshold and direction that explainers store in
+    ``result.info``.
+
     Args:
         threshold: the value to pass: a float, or a tensor with one value per input.
         direction: ``"increase"`` or ``"decrease"``.
@@ -192,10 +198,31 @@ class ScalarTarget:
         return output[:, self.select]
 
     def check(self, output: Tensor) -> None:
+        """Check the output's shape and the threshold's length; warn about samples already past it."""
         self.value(output)
         n = output.shape[0]
         if self.threshold.numel() not in (1, n) and self.threshold.ndim > 0:
             raise ValueError(f"threshold has {self.threshold.numel()} entries but the batch has {n} inputs")
+        with torch.no_grad():
+            _, score, reached = self(output.detach(), torch.arange(n, device=output.device))
+        if bool(reached.any()):
+            rows = reached.nonzero().flatten().tolist()
+            relation = ">=" if self.direction == "increase" else "<="
+            warnings.warn(
+                f"{len(rows)} of {n} samples already satisfy the objective (score {relation} threshold) at the "
+                f"start (samples {rows[:10]}{'...' if len(rows) > 10 else ''}, scores "
+                f"{[round(float(s), 4) for s in score[reached][:10]]}): they stop at once with 0 steps and "
+                "success=True, and their counterfactual is the start",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    def record(self, n: int, device: torch.device | str | None = None) -> dict[str, Tensor]:
+        """Per-sample ``threshold`` (float64) and ``direction`` (+1 increase, -1 decrease) for ``result.info``."""
+        thr = self.threshold.to(device=device).reshape(-1)
+        thr = thr.expand(n).clone() if thr.numel() == 1 else thr.clone()
+        sign = 1 if self.direction == "increase" else -1
+        return {"threshold": thr, "direction": torch.full((n,), sign, dtype=torch.int8, device=device)}
 
     def __call__(self, output: Tensor, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         v = self.value(output)

@@ -2,6 +2,7 @@
 
 from xcf.charts.base import Chart
 from xcf.charts.flow import FlowChart
+from xcf.charts.generator import GeneratorChart
 from xcf.charts.pixel import PixelChart
 
-__all__ = ["Chart", "FlowChart", "PixelChart"]
+__all__ = ["Chart", "FlowChart", "GeneratorChart", "PixelChart"]

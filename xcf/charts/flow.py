@@ -27,8 +27,14 @@ class FlowChart(Chart):
     """
 
     name = "flow"
-    lr = 5e-2
+    # Normalised gradient steps keep the direction of the base-space gradient, so to first order a
+    # step in x is J Jᵀ ∇ₓ (the induced metric damps off-manifold directions).  Adam rescales each
+    # base coordinate and so loses that property: on the digits default (100 test digits, targets
+    # (y+3) mod 10) Adam at lr 5e-2 gave SVM transfer 0.40 / 10-NN agreement 0.71, L2 steps at 0.5
+    # gave 0.87 / 0.79 with 100% success either way.
+    lr = 0.5
     steps = 1000
+    update = "l2"
 
     def __init__(self, flow: Any, event_shape: Optional[tuple[int, ...]] = None, recon_tol: float = 1e-3):
         is_nflows = hasattr(flow, "transform_to_noise") and hasattr(flow, "_transform")

@@ -1,6 +1,14 @@
 """Captum-style counterfactual explainers, one per chart."""
 
+from xcf.explain.adversarial import AdversarialCounterfactual, BallChart
+from xcf.explain.approximate import ApproximateCounterfactual
 from xcf.explain.base import CounterfactualExplainer
 from xcf.explain.diffeomorphic import DiffeomorphicCounterfactual
 
-__all__ = ["CounterfactualExplainer", "DiffeomorphicCounterfactual"]
+__all__ = [
+    "AdversarialCounterfactual",
+    "ApproximateCounterfactual",
+    "BallChart",
+    "CounterfactualExplainer",
+    "DiffeomorphicCounterfactual",
+]

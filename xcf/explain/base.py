@@ -58,9 +58,11 @@ class CounterfactualExplainer(Attribution):
 
         Args:
             inputs: a ``(N, ...)`` tensor, or a one-tuple of it.
-            target: the class to reach: int, list of ints or tensor (one per input, or one for all).
+            target: the class to reach: int, list of ints or tensor (one per input, or one for all);
+                or an objective such as :class:`~xcf.objectives.ScalarTarget` (same as ``objective=``).
             additional_forward_args: extra arguments for ``forward_func``.
-            **kwargs: passed to :meth:`counterfactual` (``confidence``, ``steps``, ``lr``, ...).
+            **kwargs: passed to :meth:`counterfactual` (``confidence``, ``steps``, ``lr``,
+                ``objective``, ...).
 
         Returns:
             ``x' - x``, a tensor or a one-tuple like ``inputs``.
@@ -87,11 +89,16 @@ class CounterfactualExplainer(Attribution):
         Args:
             inputs: a ``(N, ...)`` tensor (or one-tuple) of inputs, finite and on the model's device.
             target: class index per input (int, list or tensor); required unless ``objective`` is given.
+                An objective passed here (anything with ``check`` and ``__call__``, e.g. a
+                :class:`~xcf.objectives.ScalarTarget`) is used as ``objective``.
             additional_forward_args: extra arguments for ``forward_func``.
             confidence: stop a sample once ``softmax(f(x'))[target] >= confidence``.
             steps: update budget per sample (default: the chart's).
             lr: Adam step size (default: the chart's).
-            objective: a custom :class:`~xcf.objectives.Objective` in place of the class target.
+            objective: a custom :class:`~xcf.objectives.Objective` in place of the class target
+                (``confidence`` is then unused); an objective with a ``record(n, device)`` method
+                (:class:`~xcf.objectives.ScalarTarget`) stores its per-sample threshold and direction
+                in ``result.info``.
             progress: show a progress bar.
 
         Returns:
@@ -100,6 +107,12 @@ class CounterfactualExplainer(Attribution):
         elapsed = timed()
         x, _ = format_inputs(inputs)
         check_inputs(x)
+        if callable(target) and hasattr(target, "check"):
+            if objective is not None:
+                raise ValueError("an objective was passed both as target and as objective; pass it once")
+            objective, target = target, None
+        if objective is not None and target is not None:
+            raise ValueError("pass either target (a class to reach) or objective, not both")
         if objective is None:
             objective = ClassTarget(as_target_tensor(target, x.shape[0], x.device), confidence, self.output)
         targets = getattr(objective, "target", None)
@@ -118,6 +131,8 @@ class CounterfactualExplainer(Attribution):
                 )
             error = rms(reconstruction, x)
             info = self.chart.check_reconstruction(error)
+            if callable(getattr(objective, "record", None)):
+                info = {**info, **objective.record(x.shape[0], x.device)}
             out = search(
                 self.forward_func,
                 self.chart.decode,

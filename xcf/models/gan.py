@@ -333,6 +333,7 @@ def digits_gan(
     cache_dir: Optional[str] = None,
     retrain: bool = False,
     progress: bool = False,
+    overrides: Optional[dict[str, Any]] = None,
 ) -> tuple[DCGANGenerator, dict[str, Any]]:
     """The reference GAN generator of the digits default (8x8, ``z ∈ R^16``), trained once and cached.
 
@@ -345,6 +346,8 @@ def digits_gan(
         cache_dir: the model cache (default ``$XCF_CACHE`` or ``~/.cache/xcf``).
         retrain: ignore a cached file.
         progress: show a progress bar while training.
+        overrides: settings that replace those of the reference configuration (e.g.
+            ``{"epochs": 2}`` for a smoke test); they are part of the cache key.
 
     Returns:
         ``(generator in eval mode, metrics)``; metrics hold the final losses, epochs and seconds.
@@ -355,9 +358,9 @@ def digits_gan(
         torch.Size([4, 1, 8, 8])
     """
     from xcf.datasets import load_digits
-    from xcf.models.io import cached_model
+    from xcf.models.io import cached_model, merged
 
-    config = dict(DIGITS_GAN_CONFIG)
+    config = merged(DIGITS_GAN_CONFIG, overrides)
 
     def train(G: nn.Module) -> dict[str, Any]:
         x, _ = load_digits("train")

@@ -15,9 +15,18 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-__all__ = ["save_model", "load_state", "cache_dir", "cached_model"]
+__all__ = ["save_model", "load_state", "cache_dir", "cached_model", "merged", "QUICK"]
 
 FORMAT = 1
+
+#: tiny training budgets of the reference models, for smoke tests of whole pipelines (``--quick``):
+#: pass ``overrides=QUICK[name]`` to ``digits_classifier``, ``digits_flow``, ``digits_gan``, ``digits_vae``
+QUICK: dict[str, dict[str, Any]] = {
+    "classifier": {"train": {"epochs": 3}},
+    "flow": {"train": {"epochs": 2}},
+    "gan": {"epochs": 2},
+    "vae": {"epochs": 2},
+}
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, config: dict[str, Any], metrics: Optional[dict] = None) -> Path:
@@ -60,6 +69,19 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "state_dict" not in payload:
         raise ValueError(f"{path} is not an xcf model file (format {FORMAT})")
     return payload
+
+
+def merged(base: dict[str, Any], overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """A copy of ``base`` with ``overrides`` applied, nested dicts merged key by key.
+
+    Unknown keys are refused, so a typo cannot silently train the default model.
+    """
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for key, value in (overrides or {}).items():
+        if key not in base:
+            raise ValueError(f"unknown setting {key!r}; known: {sorted(base)}")
+        out[key] = merged(base[key], value) if isinstance(base[key], dict) and isinstance(value, dict) else value
+    return out
 
 
 def cache_dir(path: str | os.PathLike | None = None) -> Path:

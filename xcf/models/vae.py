@@ -216,6 +216,7 @@ def digits_vae(
     cache_dir: Optional[str] = None,
     retrain: bool = False,
     progress: bool = False,
+    overrides: Optional[dict[str, Any]] = None,
 ) -> tuple[VAE, dict[str, Any]]:
     """The reference VAE of the digits default (8x8, ``z ∈ R^16``), trained once and cached.
 
@@ -227,6 +228,8 @@ def digits_vae(
         cache_dir: the model cache (default ``$XCF_CACHE`` or ``~/.cache/xcf``).
         retrain: ignore a cached file.
         progress: show a progress bar while training.
+        overrides: settings that replace those of the reference configuration (e.g.
+            ``{"epochs": 2}`` for a smoke test); they are part of the cache key.
 
     Returns:
         ``(vae in eval mode, metrics)``; use ``vae.decoder`` as the generator and ``vae.encode`` as
@@ -237,9 +240,9 @@ def digits_vae(
         >>> explainer = ApproximateCounterfactual(f, vae.decoder, (vae.latent_dim,), encoder=vae.encode)  # doctest: +SKIP
     """
     from xcf.datasets import load_digits
-    from xcf.models.io import cached_model
+    from xcf.models.io import cached_model, merged
 
-    config = dict(DIGITS_VAE_CONFIG)
+    config = merged(DIGITS_VAE_CONFIG, overrides)
 
     def train(vae: nn.Module) -> dict[str, Any]:
         x, _ = load_digits("train")

@@ -1,30 +1,91 @@
 """``xcf demo``: the main job on the embedded digits default.
 
-Trains (or loads from the cache) the reference classifier and flow, makes diffeomorphic
-counterfactuals for a batch of test digits toward ``(y + 3) mod 10``, and writes a figure grid and a
-metrics summary to an output directory.
+Trains (or loads from the cache) the reference classifier, flow, GAN and VAE; explains a batch of test
+digits toward ``(y + 3) mod 10`` with diffeomorphic, approximate (GAN, VAE) and adversarial
+counterfactuals; measures success, steps, time, realism (flow bits/dim), SVM transfer, k-NN agreement
+and the on-manifold share of each change; runs the Clever-Hans check on a classifier trained with a
+watermark and on the clean one; and writes figures, ``metrics.json`` / ``metrics.md`` and the HTML
+report to the output directory.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from torch import Tensor
 
+from xcf.charts.generator import invert
+from xcf.charts.pixel import PixelChart
+from xcf.cleverhans import region_mask, stamp
 from xcf.datasets import load_digits
+from xcf.explain.adversarial import AdversarialCounterfactual
+from xcf.explain.approximate import ApproximateCounterfactual
+from xcf.explain.base import CounterfactualExplainer
 from xcf.explain.diffeomorphic import DiffeomorphicCounterfactual
-from xcf.models.classifier import digits_classifier
+from xcf.geometry import on_manifold_fraction, tangent_space
+from xcf.models.classifier import DIGITS_CLASSIFIER_CONFIG, DigitsCNN, accuracy, digits_classifier, train_classifier
 from xcf.models.flows import bits_per_dim, digits_flow
+from xcf.models.gan import digits_gan
+from xcf.models.io import QUICK, cached_model, load_state, merged
+from xcf.models.vae import digits_vae
+from xcf.quality import frechet_distance
+from xcf.report.audit import CleverHansCheck, audit
 from xcf.report.figures import method_grid, save_figure
+from xcf.report.html import check_writable
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "watermark_classifier", "load_classifier", "METHODS", "WATERMARK"]
+
+#: the explainers the demo and ``xcf audit`` run
+METHODS = ("diffeomorphic", "approximate (GAN)", "approximate (VAE)", "adversarial")
+
+#: the Clever-Hans setting of the demo: a 2x2 bright square in the top-left corner of every training 7
+WATERMARK: dict[str, Any] = {"target_class": 7, "pattern": "square", "position": (0, 0), "rate": 1.0}
+
+
+def watermark_classifier(cache_dir: Optional[str | Path] = None, progress: bool = False,
+                         overrides: Optional[dict[str, Any]] = None) -> tuple[DigitsCNN, dict[str, Any]]:
+    """The reference CNN trained on digits whose class-7 images all carry a 2x2 corner square."""
+    config = merged(DIGITS_CLASSIFIER_CONFIG, overrides)
+    config = {**config, "watermark": {k: list(v) if isinstance(v, tuple) else v for k, v in WATERMARK.items()}}
+
+    def build(cfg: dict[str, Any]) -> DigitsCNN:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg["seed"])
+            return DigitsCNN(**cfg["model"])
+
+    def train(model: DigitsCNN) -> dict[str, Any]:
+        x, y = load_digits("train", **config["data"])
+        xs, ys, _ = stamp(x, y, WATERMARK["pattern"], WATERMARK["position"], WATERMARK["target_class"],
+                          WATERMARK["rate"])
+        train_classifier(model, xs, ys, seed=config["seed"], progress=progress, **config["train"])
+        x_test, y_test = load_digits("test", **config["data"])
+        return {"test_accuracy": accuracy(model, x_test, y_test)}
+
+    return cached_model("digits-classifier-watermark", config, build, train, directory=cache_dir)
+
+
+def load_classifier(path: str | Path) -> DigitsCNN:
+    """A :class:`DigitsCNN` from a file written by :func:`xcf.models.io.save_model` (weights only)."""
+    payload = load_state(path)
+    if payload["class"] != "DigitsCNN":
+        raise ValueError(f"{path} holds a {payload['class']}, not a DigitsCNN")
+    config = payload["config"]
+    model = DigitsCNN(**config.get("model", config))
+    model.load_state_dict(payload["state_dict"])
+    return model.eval()
 
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _median_steps(steps: Tensor, ok: Tensor) -> Optional[float]:
+    return float(steps[ok].float().median()) if bool(ok.any()) else None
 
 
 def run_demo(
@@ -36,8 +97,10 @@ def run_demo(
     flow_kind: str = "realnvp",
     progress: bool = True,
     quick: bool = False,
+    classifier_file: Optional[str | Path] = None,
+    methods: Optional[list[str]] = None,
 ) -> dict[str, Any]:
-    """Run the demo and write ``figure_diffeomorphic.png`` and ``metrics.json`` / ``metrics.md``.
+    """Run the demo; write figures, ``metrics.json`` / ``metrics.md`` and ``report.html`` to ``out_dir``.
 
     Args:
         out_dir: where outputs go (created).
@@ -47,58 +110,134 @@ def run_demo(
         seed: seed for everything random in the demo.
         flow_kind: ``"realnvp"`` or ``"glow"``.
         progress: progress bars.
-        quick: tiny training budgets (a smoke test of the pipeline; numbers are not meaningful).
+        quick: tiny training budgets (:data:`QUICK`): a smoke test of the pipeline, numbers meaningless.
+        classifier_file: audit this classifier (a :class:`DigitsCNN` written by
+            :func:`xcf.models.io.save_model`) instead of the reference one.
+        methods: a subset of ``"diffeomorphic"``, ``"approximate (GAN)"``, ``"approximate (VAE)"``,
+            ``"adversarial"`` (default: all).
 
     Returns:
         The metrics summary (also written as JSON and Markdown).
     """
+    unknown = sorted(set(methods or ()) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
     t_start = time.perf_counter()
     torch.manual_seed(seed)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    overrides = {"quick": True} if quick else {}
+    out = check_writable(out_dir)
+    q = QUICK if quick else {}
 
-    classifier, clf_metrics = digits_classifier(cache_dir=cache_dir, progress=progress, **overrides)
-    flow, flow_metrics = digits_flow(kind=flow_kind, cache_dir=cache_dir, progress=progress, **overrides)
+    classifier, clf_metrics = digits_classifier(cache_dir=cache_dir, progress=progress, overrides=q.get("classifier"))
+    flow, flow_metrics = digits_flow(kind=flow_kind, cache_dir=cache_dir, progress=progress, overrides=q.get("flow"))
+    gan, gan_metrics = digits_gan(cache_dir=cache_dir, progress=progress, overrides=q.get("gan"))
+    vae, vae_metrics = digits_vae(cache_dir=cache_dir, progress=progress, overrides=q.get("vae"))
+    shortcut, shortcut_metrics = watermark_classifier(cache_dir, progress, overrides=q.get("classifier"))
+    if classifier_file is not None:
+        classifier = load_classifier(classifier_file)
+        clf_metrics = {"test_accuracy": accuracy(classifier, *load_digits("test"))}
     t_models = time.perf_counter() - t_start
 
+    x_train, y_train = load_digits("train")
     x_test, y_test = load_digits("test")
     x, y = x_test[:n], y_test[:n]
     target = (y + 3) % 10
 
-    explainer = DiffeomorphicCounterfactual(classifier, flow)
-    result = explainer.counterfactual(x, target, steps=steps, progress=progress)
+    explainers = {
+        "diffeomorphic": DiffeomorphicCounterfactual(classifier, flow),
+        "approximate (GAN)": ApproximateCounterfactual(classifier, gan, (gan.latent_dim,), seed=seed),
+        "approximate (VAE)": ApproximateCounterfactual(classifier, vae.decoder, (vae.latent_dim,),
+                                                       encoder=vae.encode, restarts=1, seed=seed),
+        "adversarial": AdversarialCounterfactual(classifier),
+    }
+    if methods:
+        explainers = {name: e for name, e in explainers.items() if name in methods}
+    results = {name: e.counterfactual(x, target, steps=steps, progress=progress) for name, e in explainers.items()}
+
+    # Realism: flow bits/dim (deterministic dequantisation, the same for real digits and counterfactuals).
+    dims = x[0].numel()
+    nll_fn = lambda v: bits_per_dim(flow, v, dequantize=False) * dims * math.log(2)  # noqa: E731
+    # On-manifold share: the GAN's tangent space at the inverted code of each input.
+    z0 = (results["approximate (GAN)"].latent_start if "approximate (GAN)" in results
+          else invert(gan, x, (gan.latent_dim,), seed=seed).z)
+    basis = tangent_space(gan, z0).basis
+    on_manifold_fn = lambda r: on_manifold_fraction(r.difference.flatten(1), basis)  # noqa: E731
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        z = torch.randn(x_test.shape[0], gan.latent_dim, generator=gen)
+        quality = {
+            "GAN": frechet_distance(x_test, gan(z), classifier=classifier),
+            "VAE": frechet_distance(x_test, vae.decoder(torch.randn(x_test.shape[0], vae.latent_dim, generator=gen)),
+                                    classifier=classifier),
+            "real training digits (floor)": frechet_distance(x_test, x_train, classifier=classifier),
+        }
+
+    k = WATERMARK["target_class"]
+    others = x_test[y_test != k][:60]
+    region = region_mask(x.shape[1:], WATERMARK["position"], WATERMARK["pattern"])
+    checks = [
+        CleverHansCheck(name, model, {
+            "counterfactual (pixel, L2 steps)": CounterfactualExplainer(model, PixelChart(update="l2")),
+            "diffeomorphic": DiffeomorphicCounterfactual(model, flow),
+        }, others, k, region)
+        for name, model in (("watermarked classifier", shortcut), ("clean classifier", classifier))
+    ]
+
+    summary_models = {
+        "classifier test accuracy": clf_metrics.get("test_accuracy"),
+        "watermarked classifier test accuracy": shortcut_metrics.get("test_accuracy"),
+        f"flow ({flow_kind}) test bits/dim": flow_metrics.get("test_bits_per_dim"),
+        "targets": "(y + 3) mod 10",
+        "step budget": steps,
+    }
+    outcome = audit(classifier, (x_train, y_train), x, target, explainers, out, steps=steps, nll_fn=nll_fn,
+                    on_manifold_fn=on_manifold_fn, quality=quality, clever_hans=checks, summary=summary_models,
+                    results=results, title="xcf audit — digits demo")
 
     nll_real = bits_per_dim(flow, x_test, dequantize=False)
-    nll_cf = bits_per_dim(flow, result.counterfactual, dequantize=False)
-    ok = result.success
     summary: dict[str, Any] = {
         "n": n,
         "targets": "(y + 3) mod 10",
         "classifier_test_accuracy": clf_metrics.get("test_accuracy"),
         "flow": flow_kind,
         "flow_test_bits_per_dim": flow_metrics.get("test_bits_per_dim"),
-        "diffeomorphic": {
-            "success_rate": result.success_rate,
-            "median_steps": float(result.steps[ok].float().median()) if bool(ok.any()) else None,
-            "max_steps": int(result.steps.max()),
-            "time_per_counterfactual_s": result.time_per_sample,
-            "reconstruction_rms_max": float(result.reconstruction_error.max()),
-            "bits_per_dim_counterfactuals": float(nll_cf[ok].mean()) if bool(ok.any()) else None,
-        },
         "bits_per_dim_real_test_digits": float(nll_real.mean()),
+        "frechet_distance": quality,
+        "methods": {},
+        "clever_hans": {c: {m: {"median": v.median, "chance": v.baseline, "flagged": v.flagged}
+                            for m, v in vs.items()} for c, vs in outcome.clever_hans.items()},
         "models_seconds": t_models,
     }
-
-    save_figure(method_grid(result, classifier, n=8, title="diffeomorphic counterfactuals (RealNVP base space)"),
-                out / "figure_diffeomorphic", formats=("png", "pdf"))
+    table = outcome.table.to_dict()
+    for name, r in results.items():
+        summary["methods"][name] = {
+            "success_rate": r.success_rate,
+            "median_steps": _median_steps(r.steps, r.success),
+            "max_steps": int(r.steps.max()),
+            "time_per_counterfactual_s": r.time_per_sample,
+            "reconstruction_rms_mean": float(r.reconstruction_error.mean()),
+            **{m: table[name].get(m) for m in ("validity", "svm_transfer", "knn_agreement", "realism_bpd",
+                                               "on_manifold", "l2")},
+        }
+    if "diffeomorphic" in results:
+        diffeo = results["diffeomorphic"]
+        ok = diffeo.success
+        summary["methods"]["diffeomorphic"]["bits_per_dim_successful"] = (
+            float(nll_fn(diffeo.counterfactual[ok]).mean() / (dims * math.log(2))) if bool(ok.any()) else None)
+        save_figure(method_grid(diffeo, classifier, n=8, title=f"diffeomorphic counterfactuals ({flow_kind} base space)"),
+                    out / "figure_diffeomorphic", formats=("png", "pdf"))
     summary["wall_time_s"] = time.perf_counter() - t_start
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
     lines = ["| metric | value |", "|---|---|"]
     for key, value in summary.items():
         if isinstance(value, dict):
-            lines += [f"| {key}.{k} | {_fmt(v)} |" for k, v in value.items()]
+            for k2, v2 in value.items():
+                if isinstance(v2, dict):
+                    lines += [f"| {key}.{k2}.{k3} | {_fmt(v3)} |" for k3, v3 in v2.items()]
+                else:
+                    lines.append(f"| {key}.{k2} | {_fmt(v2)} |")
         else:
             lines.append(f"| {key} | {_fmt(value)} |")
+    lines += ["", "## Metrics table", "", outcome.table.to_markdown()]
     (out / "metrics.md").write_text("\n".join(lines) + "\n")
     return summary

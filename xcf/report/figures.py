@@ -19,7 +19,7 @@ from torch import Tensor  # noqa: E402
 
 from xcf.search import CounterfactualResult  # noqa: E402
 
-__all__ = ["method_grid", "comparison_grid", "save_figure", "image_of"]
+__all__ = ["method_grid", "comparison_grid", "mean_map_figure", "save_figure", "image_of"]
 
 
 def image_of(x: Tensor):
@@ -122,6 +122,31 @@ def comparison_grid(
             d = r.difference[i]
             _show(axes[i, 2 + 2 * j], image_of(d.mean(0) if d.ndim == 3 else d), "x' − x" if i == 0 else "",
                   cmap="RdBu_r", vmin=-scale, vmax=scale)
+    fig.tight_layout()
+    return fig
+
+
+def mean_map_figure(maps: Mapping[str, Mapping[int, Tensor]], class_names: Optional[Sequence[str]] = None) -> Figure:
+    """Rows = methods, columns = target classes: the mean signed difference map, one scale per row."""
+    names = list(maps)
+    classes = sorted({k for m in maps.values() for k in m})
+    if not names or not classes:
+        raise ValueError("mean_map_figure needs at least one method with one class")
+    fig, axes = plt.subplots(len(names), len(classes), figsize=(len(classes) * 1.3, len(names) * 1.45), squeeze=False)
+    for i, name in enumerate(names):
+        scale = max(float(m.abs().max()) for m in maps[name].values()) or 1.0
+        for j, k in enumerate(classes):
+            ax = axes[i, j]
+            m = maps[name].get(k)
+            if m is not None:
+                ax.imshow(image_of(m.mean(0) if m.ndim == 3 else m), cmap="RdBu_r", vmin=-scale, vmax=scale,
+                          interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"→ {class_names[k] if class_names else k}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(name, fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -10,6 +10,7 @@ import base64
 import html
 import io
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from matplotlib.figure import Figure
 
 from xcf.report.figures import save_figure
 
-__all__ = ["Report", "check_writable"]
+__all__ = ["Report", "check_writable", "slug"]
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1100px;
@@ -48,6 +49,11 @@ def check_writable(out_dir: str | os.PathLike) -> Path:
     except OSError as e:
         raise PermissionError(f"cannot write to output directory {out}: {e.strerror or e}") from e
     return out
+
+
+def slug(name: str) -> str:
+    """A file-name-safe version of ``name``: ``"approximate (GAN)"`` -> ``"approximate_GAN"``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "figure"
 
 
 def _fmt(v: Any) -> str:
@@ -114,7 +120,7 @@ class Report:
         """Write the figures (PNG + PDF) and then the HTML, atomically; return the HTML's path."""
         out = check_writable(out_dir)
         for fig_name, fig in self.figures:
-            save_figure(fig, out / "figures" / fig_name, formats=("png", "pdf"))
+            save_figure(fig, out / "figures" / slug(fig_name), formats=("png", "pdf"))
         text = self.render()
         fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
         try:

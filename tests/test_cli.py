@@ -1,0 +1,53 @@
+"""The command line: `xcf demo` end to end (quick budgets) and its error paths."""
+
+import json
+
+import pytest
+
+from xcf.cli import build_parser, main
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path, capsys):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    rc = main(["demo", "--quick", "--n", "8", "--steps", "60", "--out", str(out), "--cache", str(cache),
+               "--no-progress", "--threads", "1"])
+    assert rc == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert set(summary["methods"]) == {"diffeomorphic", "approximate (GAN)", "approximate (VAE)", "adversarial"}
+    for m in summary["methods"].values():
+        assert 0.0 <= m["success_rate"] <= 1.0 and m["time_per_counterfactual_s"] > 0
+    assert {"GAN", "VAE"} <= set(summary["frechet_distance"])
+    assert set(summary["clever_hans"]) == {"watermarked classifier", "clean classifier"}
+    html = (out / "report.html").read_text()
+    assert "Clever-Hans check" in html and "Generator quality" in html
+    assert (out / "figure_diffeomorphic.png").is_file() and (out / "metrics.md").is_file()
+    assert (out / "figures" / "comparison.pdf").is_file()
+    # the second run loads every model from the cache
+    assert sorted(p.name for p in cache.iterdir()) == sorted(p.name for p in cache.iterdir() if p.suffix == ".pt")
+    n_models = len(list(cache.iterdir()))
+    assert main(["audit", "--quick", "--n", "4", "--steps", "20", "--out", str(tmp_path / "out2"), "--cache",
+                 str(cache), "--no-progress", "--methods", "adversarial,diffeomorphic"]) == 0
+    assert len(list(cache.iterdir())) == n_models
+    assert set(json.loads((tmp_path / "out2" / "metrics.json").read_text())["methods"]) == {"adversarial", "diffeomorphic"}
+
+
+def test_unknown_method_is_a_clear_error(tmp_path, capsys):
+    rc = main(["audit", "--quick", "--n", "2", "--steps", "2", "--out", str(tmp_path / "o"),
+               "--cache", str(tmp_path / "c"), "--no-progress", "--methods", "magic"])
+    assert rc == 2
+    assert "unknown methods ['magic']" in capsys.readouterr().err
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc = main(["demo", "--quick", "--out", str(blocker / "out"), "--cache", str(tmp_path / "c"), "--no-progress"])
+    assert rc == 2
+    assert "cannot write to output directory" in capsys.readouterr().err
+
+
+def test_parser_lists_the_commands():
+    parser = build_parser()
+    for command in ("demo", "audit", "extrapolate"):
+        assert parser.parse_args([command]).command == command
