@@ -11,6 +11,8 @@ from torch import nn
 from xcf import CounterfactualExplainer, PixelChart
 from xcf.explain.adversarial import AdversarialCounterfactual, BallChart
 
+from tiny_models import two_class_linear
+
 
 def mlp(seed: int = 0, d_in: int = 16, classes: int = 4) -> nn.Module:
     torch.manual_seed(seed)
@@ -19,21 +21,6 @@ def mlp(seed: int = 0, d_in: int = 16, classes: int = 4) -> nn.Module:
         net[1].weight.mul_(3.0)  # steep enough that every class is reachable in a small ball
         net[3].weight.mul_(4.0)
     return net.double().eval()
-
-
-def two_class_linear(w: torch.Tensor) -> nn.Module:
-    """logits = [0, w·x]: p(class 1) = sigmoid(w·x)."""
-
-    class M(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = nn.Parameter(w.clone())
-
-        def forward(self, x):
-            s = x.flatten(1) @ self.w
-            return torch.stack([torch.zeros_like(s), s], dim=1)
-
-    return M().eval()
 
 
 # -- agreement with captum ------------------------------------------------------------------------

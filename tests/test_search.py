@@ -10,6 +10,8 @@ import xcf
 from xcf import ClassTarget, CounterfactualExplainer, PixelChart, search
 from xcf.charts.base import Chart
 
+from tiny_models import two_class_linear
+
 
 def reachable_net(seed: int) -> nn.Module:
     """A small net whose every class is reachable: a one-hot-dominated linear read-out of x."""
@@ -18,21 +20,6 @@ def reachable_net(seed: int) -> nn.Module:
     with torch.no_grad():
         net[0].weight.mul_(0.3).add_(torch.eye(4, 6) * 2.0)
     return net.eval()
-
-
-def two_class_linear(w: torch.Tensor) -> nn.Module:
-    """logits = [0, w·x]: p(class 1) = sigmoid(w·x)."""
-
-    class M(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = nn.Parameter(w.clone())
-
-        def forward(self, x):
-            s = x.flatten(1) @ self.w
-            return torch.stack([torch.zeros_like(s), s], dim=1)
-
-    return M().eval()
 
 
 def test_sign_steps_match_closed_form():
