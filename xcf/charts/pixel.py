@@ -26,10 +26,15 @@ class PixelChart(Chart):
     lr = 5e-3
     steps = 1000
 
-    def __init__(self, bounds: tuple[float, float] | None = (0.0, 1.0), update: str = "adam"):
+    def __init__(self, bounds: tuple[float, float] | None = (0.0, 1.0), update: str = "adam",
+                 lr: float | None = None):
         if update not in ("adam", "sign", "l2"):
             raise ValueError(f"update must be 'adam', 'sign' or 'l2', got {update!r}")
         self.update = update
+        if lr is not None:
+            if not lr > 0:
+                raise ValueError(f"lr must be > 0, got {lr}")
+            self.lr = float(lr)
         if bounds is not None:
             lo, hi = bounds
             if not lo < hi:

@@ -173,11 +173,11 @@ def run_demo(
         }
 
     k = WATERMARK["target_class"]
-    others = x_test[y_test != k][:60]
+    others = x_test[y_test != k][:40]
     region = region_mask(x.shape[1:], WATERMARK["position"], WATERMARK["pattern"])
     checks = [
         CleverHansCheck(name, model, {
-            "counterfactual (pixel, L2 steps)": CounterfactualExplainer(model, PixelChart(update="l2")),
+            "counterfactual (pixel, L2 steps)": CounterfactualExplainer(model, PixelChart(update="l2", lr=0.05)),
             "diffeomorphic": DiffeomorphicCounterfactual(model, flow),
         }, others, k, region)
         for name, model in (("watermarked classifier", shortcut), ("clean classifier", classifier))
