@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from xcf.datasets import load_digits
 from xcf.models.io import cached_model, merged
 
-__all__ = ["DigitsCNN", "train_classifier", "accuracy", "digits_classifier"]
+__all__ = ["DigitsCNN", "train_classifier", "accuracy", "build_digits_classifier", "digits_classifier"]
 
 
 class DigitsCNN(nn.Module):
@@ -205,6 +205,14 @@ DIGITS_CLASSIFIER_CONFIG: dict[str, Any] = {
 }
 
 
+def build_digits_classifier(config: dict[str, Any]) -> DigitsCNN:
+    """An untrained :class:`DigitsCNN` from a configuration like :data:`DIGITS_CLASSIFIER_CONFIG`, seeded
+    by its ``"seed"`` (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config["seed"])
+        return DigitsCNN(**config["model"])
+
+
 def digits_classifier(
     cache_dir: Optional[str | os.PathLike] = None,
     retrain: bool = False,
@@ -232,11 +240,6 @@ def digits_classifier(
     """
     config = merged(DIGITS_CLASSIFIER_CONFIG, overrides)
 
-    def build(cfg: dict[str, Any]) -> DigitsCNN:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg["seed"])
-            return DigitsCNN(**cfg["model"])
-
     def train(model: nn.Module) -> dict[str, Any]:
         x, y = load_digits("train", **config["data"])
         x_test, y_test = load_digits("test", **config["data"])
@@ -250,4 +253,5 @@ def digits_classifier(
             "final_loss": history["loss"][-1],
         }
 
-    return cached_model("digits-classifier", config, build, train, directory=cache_dir, retrain=retrain)
+    return cached_model("digits-classifier", config, build_digits_classifier, train, directory=cache_dir,
+                        retrain=retrain)

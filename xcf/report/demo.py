@@ -28,7 +28,14 @@ from xcf.explain.approximate import ApproximateCounterfactual
 from xcf.explain.base import CounterfactualExplainer
 from xcf.explain.diffeomorphic import DiffeomorphicCounterfactual
 from xcf.geometry import on_manifold_fraction, tangent_space
-from xcf.models.classifier import DIGITS_CLASSIFIER_CONFIG, DigitsCNN, accuracy, digits_classifier, train_classifier
+from xcf.models.classifier import (
+    DIGITS_CLASSIFIER_CONFIG,
+    DigitsCNN,
+    accuracy,
+    build_digits_classifier,
+    digits_classifier,
+    train_classifier,
+)
 from xcf.models.flows import bits_per_dim, digits_flow
 from xcf.models.gan import digits_gan
 from xcf.models.io import QUICK, cached_model, load_state, merged
@@ -53,11 +60,6 @@ def watermark_classifier(cache_dir: Optional[str | Path] = None, progress: bool 
     config = merged(DIGITS_CLASSIFIER_CONFIG, overrides)
     config = {**config, "watermark": {k: list(v) if isinstance(v, tuple) else v for k, v in WATERMARK.items()}}
 
-    def build(cfg: dict[str, Any]) -> DigitsCNN:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg["seed"])
-            return DigitsCNN(**cfg["model"])
-
     def train(model: DigitsCNN) -> dict[str, Any]:
         x, y = load_digits("train", **config["data"])
         xs, ys, _ = stamp(x, y, WATERMARK["pattern"], WATERMARK["position"], WATERMARK["target_class"],
@@ -66,7 +68,7 @@ def watermark_classifier(cache_dir: Optional[str | Path] = None, progress: bool 
         x_test, y_test = load_digits("test", **config["data"])
         return {"test_accuracy": accuracy(model, x_test, y_test)}
 
-    return cached_model("digits-classifier-watermark", config, build, train, directory=cache_dir)
+    return cached_model("digits-classifier-watermark", config, build_digits_classifier, train, directory=cache_dir)
 
 
 def load_classifier(path: str | Path) -> DigitsCNN:
@@ -223,7 +225,7 @@ def run_demo(
         diffeo = results["diffeomorphic"]
         ok = diffeo.success
         summary["methods"]["diffeomorphic"]["bits_per_dim_successful"] = (
-            float(nll_fn(diffeo.counterfactual[ok]).mean() / (dims * math.log(2))) if bool(ok.any()) else None)
+            float(bits_per_dim(flow, diffeo.counterfactual[ok], dequantize=False).mean()) if bool(ok.any()) else None)
         save_figure(method_grid(diffeo, classifier, n=8, title=f"diffeomorphic counterfactuals ({flow_kind} base space)"),
                     out / "figure_diffeomorphic", formats=("png", "pdf"))
     summary["wall_time_s"] = time.perf_counter() - t_start
