@@ -26,14 +26,31 @@ def test_demo_end_to_end(tmp_path, capsys):
     # the second run loads every model from the cache
     assert sorted(p.name for p in cache.iterdir()) == sorted(p.name for p in cache.iterdir() if p.suffix == ".pt")
     n_models = len(list(cache.iterdir()))
-    assert main(["audit", "--quick", "--n", "4", "--steps", "20", "--out", str(tmp_path / "out2"), "--cache",
+    assert main(["demo", "--quick", "--n", "4", "--steps", "20", "--out", str(tmp_path / "out2"), "--cache",
                  str(cache), "--no-progress", "--methods", "adversarial,diffeomorphic"]) == 0
     assert len(list(cache.iterdir())) == n_models
     assert set(json.loads((tmp_path / "out2" / "metrics.json").read_text())["methods"]) == {"adversarial", "diffeomorphic"}
 
+    # the dataset-scale audit on the cached models: streamed into shards, resumed, refusing other settings
+    audit = ["audit", "--quick", "--images", "30", "--batch-size", "10", "--steps", "20", "--out",
+             str(tmp_path / "audit"), "--cache", str(cache), "--no-progress", "--methods", "diffeomorphic,adversarial",
+             "--threads", "1"]
+    assert main(audit + ["--max-batches", "2"]) == 0
+    assert "run the same command again to resume" in capsys.readouterr().out
+    assert main(audit) == 0
+    printed = capsys.readouterr().out
+    assert "30 images computed" not in printed and "10 images computed by 1 process" in printed
+    assert "skipped 2 finished batches" in printed
+    summary = json.loads((tmp_path / "audit" / "summary.json").read_text())
+    assert summary["images"] == 30 and set(summary["metrics"]) == {"diffeomorphic", "adversarial"}
+    assert len(list((tmp_path / "audit" / "store" / "shards").glob("batch-*.npz"))) == 3
+    assert len(list(cache.iterdir())) == n_models
+    assert main(audit[:-2] + ["--steps", "10", "--threads", "1"]) == 2
+    assert "refusing to mix results" in capsys.readouterr().err
+
 
 def test_unknown_method_is_a_clear_error(tmp_path, capsys):
-    rc = main(["audit", "--quick", "--n", "2", "--steps", "2", "--out", str(tmp_path / "o"),
+    rc = main(["audit", "--quick", "--images", "2", "--steps", "2", "--out", str(tmp_path / "o"),
                "--cache", str(tmp_path / "c"), "--no-progress", "--methods", "magic"])
     assert rc == 2
     assert "unknown methods ['magic']" in capsys.readouterr().err

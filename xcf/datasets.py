@@ -8,6 +8,8 @@ in ``[0, 1]`` and ``y`` a long tensor of class indices.
   ``x = k / 16``, so the data has :data:`DIGITS_LEVELS` ``= 17`` grey levels; the flows dequantise
   with exactly this number of levels.  Train and test parts come from one fixed, seeded split,
   stratified by class.
+* :class:`ShiftedImages` grows a small set to any size for dataset-scale runs: item ``i`` is image
+  ``i mod N`` shifted by one of nine one-pixel offsets (zero-filled), computed on access.
 * :func:`load_torchvision` reads MNIST or FashionMNIST (28x28, 256 grey levels, ``x = k / 255``)
   from a local ``root`` through :mod:`torchvision.datasets`; it never downloads unless asked to.
 """
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DIGITS_LEVELS", "load_digits", "load_torchvision", "TORCHVISION_SETS"]
+__all__ = ["DIGITS_LEVELS", "ShiftedImages", "load_digits", "load_torchvision", "TORCHVISION_SETS"]
 
 DIGITS_LEVELS = 17
 """Number of grey levels of the digits set (pixel values ``0, 1, ..., 16``)."""
@@ -163,3 +165,56 @@ def load_torchvision(
     x = images.to(torch.float32).div(255.0).unsqueeze(1).contiguous()
     y = labels.to(torch.long).clone()
     return x, y
+
+
+class ShiftedImages(torch.utils.data.Dataset):
+    """``n`` images made from ``x`` by one-pixel shifts, computed on access (no copy held).
+
+    Item ``i`` is ``x[i mod N]`` moved by the offset ``(dy, dx)`` number ``(i // N) mod 9`` of
+    ``(0, 0), (0, 1), (1, 0), (0, -1), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1)``, with zeros moved in,
+    and label ``y[i mod N]``.  The first ``N`` items are ``x`` itself; ``9 N`` items are distinct images,
+    beyond that they repeat.
+
+    Args:
+        x: ``(N, C, H, W)`` images.
+        y: ``(N,)`` labels.
+        n: number of items (default ``9 N``).
+
+    Example:
+        >>> x, y = load_digits("test")
+        >>> data = ShiftedImages(x, y, n=20_000)
+        >>> len(data), data[450][0].shape
+        (20000, torch.Size([1, 8, 8]))
+    """
+
+    OFFSETS = ((0, 0), (0, 1), (1, 0), (0, -1), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1))
+
+    def __init__(self, x: Tensor, y: Tensor, n: Optional[int] = None):
+        if x.ndim != 4:
+            raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}")
+        if y.shape != (x.shape[0],):
+            raise ValueError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError("x is empty")
+        n = 9 * x.shape[0] if n is None else n
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        self.x, self.y, self.n = x, y, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        if not -self.n <= i < self.n:
+            raise IndexError(f"index {i} out of range for {self.n} items")
+        i %= self.n
+        base, k = i % self.x.shape[0], (i // self.x.shape[0]) % 9
+        img = self.x[base]
+        dy, dx = self.OFFSETS[k]
+        if dy or dx:
+            h, w = img.shape[-2:]
+            out = torch.zeros_like(img)
+            out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+                img[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+            img = out
+        return img, self.y[base]

@@ -1,0 +1,7 @@
+"""``python -m xcf ...`` (and ``torchrun --nproc_per_node N -m xcf audit ...``): the command line."""
+
+import sys
+
+from xcf.cli import main
+
+sys.exit(main())
