@@ -110,3 +110,36 @@ def test_torchvision_bad_arguments(tmp_path):
     _write_set(tmp_path, "MNIST")
     with pytest.raises(ValueError, match="limit"):
         load_torchvision("mnist", tmp_path, limit=0)
+
+
+def test_shifted_images_grow_a_set_without_copies():
+    from xcf.datasets import ShiftedImages
+
+    x, y = load_digits("test")
+    data = ShiftedImages(x, y, n=20_000)
+    assert len(data) == 20_000
+    assert torch.equal(data[5][0], x[5]) and int(data[5][1]) == int(y[5])
+    right, label = data[450 + 5]  # second offset (0, 1): one pixel to the right, zeros moved in
+    assert torch.equal(right[..., 1:], x[5][..., :-1]) and float(right[..., 0].abs().sum()) == 0
+    assert int(label) == int(y[5])
+    up_left, _ = data[8 * 450 + 5]  # offset (-1, -1)
+    assert torch.equal(up_left[..., :-1, :-1], x[5][..., 1:, 1:])
+    assert torch.equal(data[9 * 450][0], x[0])  # beyond 9 N the items repeat
+    assert torch.equal(data[-1][0], data[19_999][0])
+    with pytest.raises(IndexError):
+        data[20_000]
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        ShiftedImages(x, y, n=0)
+    with pytest.raises(ValueError, match="y must have shape"):
+        ShiftedImages(x, y[:3])
+
+
+def test_audit_data_sets():
+    from xcf.report.dataset_audit import digits_dataset
+
+    assert len(digits_dataset("digits-test")) == 450 and len(digits_dataset("digits-all", 10)) == 10
+    assert len(digits_dataset("digits-shifted")) == 9 * 450
+    with pytest.raises(ValueError, match="500 images asked for, but digits-test has 450"):
+        digits_dataset("digits-test", 500)
+    with pytest.raises(ValueError, match="unknown data set"):
+        digits_dataset("cifar")

@@ -326,8 +326,22 @@ def stream_audit(
     if n == 0:
         raise ValueError("the data set is empty")
     x0, y0 = _first_item(data)
-    sample_shape = tuple(x0.shape)
+    own_dist = dist is None
     dist = dist if dist is not None else init_distributed()
+    try:
+        return _run(classifier, data, target, explainers, out_dir, dist, t_setup, n, x0, y0, slugs,
+                    train=train, svm=svm, knn=knn, nll_fn=nll_fn, batch_size=batch_size, steps=steps, seed=seed,
+                    num_workers=num_workers, config=config, overwrite=overwrite, device=device, report=report,
+                    class_names=class_names, title=title, progress=progress, max_batches=max_batches)
+    finally:
+        if own_dist:
+            dist.close()  # only a group this call created
+
+
+def _run(classifier, data, target, explainers, out_dir, dist, t_setup, n, x0, y0, slugs, *, train, svm, knn,
+         nll_fn, batch_size, steps, seed, num_workers, config, overwrite, device, report, class_names, title,
+         progress, max_batches) -> StreamOutcome:
+    sample_shape = tuple(x0.shape)
     if device is None:
         params = list(classifier.parameters()) if isinstance(classifier, nn.Module) else []
         device = params[0].device if params else torch.device("cpu")
