@@ -52,7 +52,9 @@ __all__ = [
     "StoreError",
     "StoreMismatchError",
     "StoreWriteError",
+    "atomic_write",
     "fingerprint_modules",
+    "fingerprint_tensors",
     "method_slug",
 ]
 
@@ -98,10 +100,22 @@ def fingerprint_modules(*objs: Any) -> str:
         h.update(type(owner).__name__.encode())
         for name, t in owner.state_dict().items():
             h.update(name.encode())
-            t = t.detach().cpu().contiguous()
-            h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            _hash_tensor(h, t)
     return h.hexdigest()[:16]
+
+
+def fingerprint_tensors(*tensors: Any) -> str:
+    """sha256 (first 16 hex digits) of the dtypes, shapes and values of ``tensors`` (e.g. training data)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        _hash_tensor(h, torch.as_tensor(t))
+    return h.hexdigest()[:16]
+
+
+def _hash_tensor(h: Any, t: torch.Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
 
 
 def _plain(value: Any) -> Any:
@@ -122,7 +136,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
     """``write(file_object)`` to a temporary file beside ``path``, fsync, rename into place."""
     fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + path.name + ".", dir=path.parent)
     try:
@@ -185,7 +199,7 @@ class ShardStore:
             if stray:
                 raise StoreError(f"{self.shards} holds {len(stray)} shards but no manifest.json: not a store "
                                  "this run can trust; choose another output folder or pass overwrite")
-            _atomic_write(self.manifest_path, lambda fh: fh.write(json.dumps(self.manifest, indent=2).encode()))
+            atomic_write(self.manifest_path, lambda fh: fh.write(json.dumps(self.manifest, indent=2).encode()))
         else:
             raise StoreError(f"{self.root} is not an xcf store (no manifest.json)")
         if clean_partial:
@@ -276,7 +290,7 @@ class ShardStore:
             raise ValueError(f"batch {batch} outside [0, {self.num_batches})")
         path = self.shard_path(batch)
         try:
-            _atomic_write(path, lambda fh: np.savez(fh, **arrays))
+            atomic_write(path, lambda fh: np.savez(fh, **arrays))
         except OSError as e:
             what = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
             done = len(self._final_shards())
@@ -317,7 +331,7 @@ class ShardStore:
                             "first_index": int(index[0]) if index.size else None,
                             "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
         payload = {"format": FORMAT, "rows": sum(e["rows"] for e in entries), "shards": entries}
-        _atomic_write(self.index_path, lambda fh: fh.write(json.dumps(payload, indent=1).encode()))
+        atomic_write(self.index_path, lambda fh: fh.write(json.dumps(payload, indent=1).encode()))
         return self.index_path
 
     def clear(self) -> None:

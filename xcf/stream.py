@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, default_collate
 
 from xcf.search import CounterfactualResult
-from xcf.store import ShardStore, StoreError, fingerprint_modules, method_slug
+from xcf.store import ShardStore, StoreError, atomic_write, fingerprint_modules, fingerprint_tensors, method_slug
 from xcf.validate import KNNValidator, MetricsTable, SVMValidator, counterfactual_metrics
 
 __all__ = [
@@ -132,16 +132,13 @@ class _Collate:
         return default_collate(items)
 
 
-def _split_item(batch: Any, b: int) -> tuple[Tensor, Optional[Tensor]]:
-    if isinstance(batch, Tensor):
-        return batch, None
-    if isinstance(batch, (tuple, list)) and len(batch) in (1, 2) and isinstance(batch[0], Tensor):
-        y = batch[1] if len(batch) == 2 else None
-        if y is not None and not isinstance(y, Tensor):
-            y = torch.as_tensor(y)
-        return batch[0], y
-    raise TypeError(f"batch {b}: the data set must yield an input tensor or (input, label); got "
-                    f"{type(batch).__name__}")
+def _split_item(item: Any, where: str) -> tuple[Tensor, Optional[Tensor]]:
+    """``(x, y)`` of a data-set item or a collated batch: a tensor, or ``(tensor, label)`` (``y`` None if absent)."""
+    if isinstance(item, Tensor):
+        return item, None
+    if isinstance(item, (tuple, list)) and len(item) in (1, 2) and isinstance(item[0], Tensor):
+        return item[0], (torch.as_tensor(item[1]) if len(item) == 2 else None)
+    raise TypeError(f"{where}: the data set must yield an input tensor or (input, label); got {type(item).__name__}")
 
 
 def shift_target(shift: int, num_classes: int) -> Callable[[Tensor, Optional[Tensor]], Tensor]:
@@ -238,15 +235,6 @@ class StreamOutcome:
     timing: dict[str, float] = field(default_factory=dict)
 
 
-def _first_item(data: Dataset) -> tuple[Tensor, Optional[Tensor]]:
-    item = data[0]
-    if isinstance(item, Tensor):
-        return item, None
-    if isinstance(item, (tuple, list)) and item and isinstance(item[0], Tensor):
-        return item[0], (torch.as_tensor(item[1]) if len(item) > 1 else None)
-    raise TypeError(f"the data set must yield an input tensor or (input, label); item 0 is {type(item).__name__}")
-
-
 def stream_audit(
     classifier: Callable[[Tensor], Tensor],
     data: Dataset,
@@ -325,7 +313,7 @@ def stream_audit(
     n = len(data)
     if n == 0:
         raise ValueError("the data set is empty")
-    x0, y0 = _first_item(data)
+    x0, y0 = _split_item(data[0], "item 0")
     own_dist = dist is None
     dist = dist if dist is not None else init_distributed()
     try:
@@ -361,7 +349,7 @@ def _run(classifier, data, target, explainers, out_dir, dist, t_setup, n, x0, y0
         "target": _rule_config(target),
         "validators": {"svm": repr(svm) if svm is not None else ("fit on train" if train is not None else None),
                        "knn": repr(knn) if knn is not None else ("fit on train" if train is not None else None),
-                       "train": _tensor_fingerprint(train)},
+                       "train": fingerprint_tensors(*train) if train is not None else None},
         "realism": nll_fn is not None,
         **dict(config or {}),
     }
@@ -407,7 +395,7 @@ def _run(classifier, data, target, explainers, out_dir, dist, t_setup, n, x0, y0
             batch = next(batches)
         except ValueError as e:
             raise ValueError(f"batch {b} (items {first}..{min(first + batch_size, n) - 1}): {e}") from e
-        x, y = _split_item(batch, b)
+        x, y = _split_item(batch, f"batch {b}")
         timing["data"] += time.perf_counter() - t
         t = time.perf_counter()
         expected = min(batch_size, n - b * batch_size)
@@ -498,23 +486,9 @@ def _describe(explainer: Any) -> str:
     return f"{type(explainer).__name__}({type(chart).__name__}, {inner})"
 
 
-def _tensor_fingerprint(train: Optional[tuple[Tensor, Tensor]]) -> Optional[str]:
-    if train is None:
-        return None
-    import hashlib
-
-    h = hashlib.sha256()
-    for t in train:
-        t = torch.as_tensor(t).detach().cpu().contiguous()
-        h.update(str(tuple(t.shape)).encode() + t.numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def _write_timing(store: ShardStore, dist: DistContext, timing: Mapping[str, float], images: int) -> None:
-    path = store.root / f"timing-rank{dist.rank}.json"
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"rank": dist.rank, "world_size": dist.world_size, "images": images, **timing}))
-    os.replace(tmp, path)
+    record = {"rank": dist.rank, "world_size": dist.world_size, "images": images, **timing}
+    atomic_write(store.root / f"timing-rank{dist.rank}.json", lambda fh: fh.write(json.dumps(record).encode()))
 
 
 # ------------------------------------------------------------------------------------ the report
