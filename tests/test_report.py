@@ -36,7 +36,7 @@ def test_audit_writes_every_section(tmp_path):
         assert section in html
     assert html.count("data:image/png;base64,") >= 4
     out = tmp_path / "out"
-    for name in ("comparison", "grid_pixel_adam", "mean_maps", "clever_hans_tiny"):
+    for name in ("comparison", "grid-pixel-adam", "mean-maps", "clever-hans-tiny"):
         assert (out / "figures" / f"{name}.png").is_file() and (out / "figures" / f"{name}.pdf").is_file()
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["metrics"]) == {"pixel adam", "pixel l2"}

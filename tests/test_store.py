@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 import xcf.store
-from xcf.store import ShardStore, StoreError, StoreMismatchError, StoreWriteError, fingerprint_modules, method_slug
+from xcf._io import fingerprint_modules, slug
+from xcf.store import ShardStore, StoreError, StoreMismatchError, StoreWriteError
 
 
 def _arrays(b, rows=4):
@@ -144,7 +145,7 @@ def test_fingerprint_follows_the_weights():
     assert len(fingerprint_modules(bn)) == 16
 
 
-def test_method_slug():
-    assert method_slug("approximate (GAN)") == "approximate-gan"
+def test_slug():
+    assert slug("approximate (GAN)") == "approximate-gan"
     with pytest.raises(ValueError, match="no letters or digits"):
-        method_slug("()")
+        slug("()")

@@ -33,7 +33,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from xcf._checks import check_inputs, format_inputs
+from xcf._validation import check_inputs, format_inputs
 from xcf.maps import _attribute
 from xcf.objectives import TargetType, as_target_tensor
 from xcf.search import CounterfactualResult

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from xcf._checks import check_module_mode, preserved
+from xcf._validation import check_module_mode, preserved
 
 __all__ = ["ExtrapolationHistory", "KnowledgeExtrapolation"]
 

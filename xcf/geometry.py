@@ -40,7 +40,7 @@ from torch.func import jvp as _func_jvp
 from torch.func import vjp as _func_vjp
 from torch.func import vmap
 
-from xcf._checks import check_inputs, check_module_mode, modules_of, preserved
+from xcf._validation import check_inputs, check_module_mode, modules_of, preserved
 
 __all__ = [
     "TangentSpace",

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from xcf._checks import check_inputs, check_module_mode, format_inputs, preserved
+from xcf._validation import check_inputs, check_module_mode, format_inputs, preserved
 from xcf.objectives import TargetType, as_target_tensor
 from xcf.search import CounterfactualResult
 

@@ -24,7 +24,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from xcf._checks import check_inputs, check_module_mode, preserved
+from xcf._validation import check_inputs, check_module_mode, preserved
 
 __all__ = ["frechet_distance", "gaussian_frechet_distance", "penultimate_features"]
 

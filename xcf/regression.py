@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from xcf._checks import check_inputs, check_module_mode, preserved
+from xcf._validation import check_inputs, check_module_mode, preserved
 from xcf.search import CounterfactualResult
 
 __all__ = ["knn_target_mean", "regression_metrics"]

@@ -37,14 +37,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
-import torch
-from torch import nn
+
+from xcf._io import TMP_PREFIX, atomic_write, fingerprint_modules, fingerprint_tensors, slug
 
 __all__ = [
     "FORMAT",
@@ -52,17 +51,12 @@ __all__ = [
     "StoreError",
     "StoreMismatchError",
     "StoreWriteError",
-    "atomic_write",
-    "fingerprint_modules",
-    "fingerprint_tensors",
-    "method_slug",
 ]
 
 #: version of the store layout; a store of another format is refused
 FORMAT = 1
 
 _SHARD = re.compile(r"^batch-(\d{6,})\.npz$")
-_TMP_PREFIX = ".tmp-"
 
 
 class StoreError(RuntimeError):
@@ -77,81 +71,9 @@ class StoreWriteError(OSError):
     """Writing a shard failed (disk full, permissions...); finished shards are intact."""
 
 
-def method_slug(name: str) -> str:
-    """A method name as an array-key prefix: ``"approximate (GAN)"`` -> ``"approximate-gan"``."""
-    s = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    if not s:
-        raise ValueError(f"method name {name!r} has no letters or digits")
-    return s
-
-
-def fingerprint_modules(*objs: Any) -> str:
-    """sha256 (first 16 hex digits) of the parameters and buffers of the ``nn.Module`` s in ``objs``.
-
-    Bound methods count as their owner module; other objects (functions, ``None``) contribute their
-    type name only.  Equal weights give equal fingerprints on any device.
-    """
-    h = hashlib.sha256()
-    for obj in objs:
-        owner = obj if isinstance(obj, nn.Module) else getattr(obj, "__self__", None)
-        if not isinstance(owner, nn.Module):
-            h.update(type(obj).__name__.encode())
-            continue
-        h.update(type(owner).__name__.encode())
-        for name, t in owner.state_dict().items():
-            h.update(name.encode())
-            _hash_tensor(h, t)
-    return h.hexdigest()[:16]
-
-
-def fingerprint_tensors(*tensors: Any) -> str:
-    """sha256 (first 16 hex digits) of the dtypes, shapes and values of ``tensors`` (e.g. training data)."""
-    h = hashlib.sha256()
-    for t in tensors:
-        _hash_tensor(h, torch.as_tensor(t))
-    return h.hexdigest()[:16]
-
-
-def _hash_tensor(h: Any, t: torch.Tensor) -> None:
-    t = t.detach().cpu().contiguous()
-    h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-
-
 def _plain(value: Any) -> Any:
     """JSON round-trip: what the manifest will read back (tuples become lists...)."""
     return json.loads(json.dumps(value, default=str))
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows cannot open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """``write(file_object)`` to a temporary file beside ``path``, fsync, rename into place."""
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
 
 
 class ShardStore:
@@ -267,7 +189,7 @@ class ShardStore:
         n = 0
         if self.shards.is_dir():
             for p in self.shards.iterdir():
-                if p.name.startswith(_TMP_PREFIX):
+                if p.name.startswith(TMP_PREFIX):
                     p.unlink(missing_ok=True)
                     n += 1
         return n
@@ -338,7 +260,7 @@ class ShardStore:
         """Delete the files a store writes (shards, temporaries, manifest, index), nothing else."""
         if self.shards.is_dir():
             for p in self.shards.iterdir():
-                if _SHARD.match(p.name) or p.name.startswith(_TMP_PREFIX):
+                if _SHARD.match(p.name) or p.name.startswith(TMP_PREFIX):
                     p.unlink()
         for p in (self.manifest_path, self.index_path, *self.root.glob("timing-rank*.json")):
             p.unlink(missing_ok=True)

@@ -36,7 +36,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, default_collate
 
 from xcf.search import CounterfactualResult
-from xcf.store import ShardStore, StoreError, atomic_write, fingerprint_modules, fingerprint_tensors, method_slug
+from xcf._io import atomic_write, fingerprint_modules, fingerprint_tensors, slug
+from xcf.store import ShardStore, StoreError
 from xcf.validate import KNNValidator, MetricsTable, SVMValidator, counterfactual_metrics
 
 __all__ = [
@@ -307,7 +308,7 @@ def stream_audit(
         raise ValueError("explainers is empty: pass {method name: explainer}")
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    slugs = {name: method_slug(name) for name in explainers}
+    slugs = {name: slug(name) for name in explainers}
     if len(set(slugs.values())) != len(slugs):
         raise ValueError(f"method names must differ after slugging, got {slugs}")
     n = len(data)

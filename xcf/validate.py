@@ -45,7 +45,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from torch import Tensor
 
-from xcf._checks import check_module_mode, preserved
+from xcf._validation import check_module_mode, preserved
+from xcf._io import format_number
 from xcf.search import CounterfactualResult
 
 __all__ = [
@@ -559,24 +560,6 @@ def counterfactual_metrics(
 
 
 # ------------------------------------------------------------------------------------------- table
-def _format(value: float, digits: int = 3) -> str:
-    """Numbers for humans: 3 decimals for shares, fewer for large values, scientific for tiny ones."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    a = abs(value)
-    if a == 0:
-        return "0"
-    if a >= 1000:
-        return f"{value:.0f}"
-    if a >= 10:
-        return f"{value:.1f}"
-    if a >= 10 ** -digits:
-        return f"{value:.{digits}f}"
-    return f"{value:.1e}"
-
-
 @dataclass
 class MetricsTable:
     """Mean metrics per method: rows are methods, columns are metrics.
@@ -639,8 +622,8 @@ class MetricsTable:
         head = ["method", "n"] + self.columns
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for name, row in self.rows.items():
-            cells = [name, _format(self.counts[name]) if name in self.counts else "-"]
-            cells += [_format(row.get(c, float("nan")), digits) for c in self.columns]
+            cells = [name, format_number(self.counts[name]) if name in self.counts else "-"]
+            cells += [format_number(row.get(c, float("nan")), digits) for c in self.columns]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 

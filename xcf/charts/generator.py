@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from xcf._checks import check_inputs, modules_of
+from xcf._validation import check_inputs, modules_of
 from xcf.charts.base import Chart
 from xcf.search import rms, search
 

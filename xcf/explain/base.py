@@ -9,7 +9,7 @@ from captum.attr import Attribution
 from captum.log import log_usage
 from torch import Tensor
 
-from xcf._checks import check_inputs, check_module_mode, format_inputs, preserved
+from xcf._validation import check_inputs, check_module_mode, format_inputs, preserved
 from xcf.charts.base import Chart
 from xcf.objectives import ClassTarget, Objective, OutputKind, TargetType, as_target_tensor
 from xcf.search import CounterfactualResult, rms, search, timed

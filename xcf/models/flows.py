@@ -49,7 +49,7 @@ from nflows.transforms.reshape import SqueezeTransform
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from xcf._checks import preserved
+from xcf._validation import preserved
 from xcf.datasets import DIGITS_LEVELS, load_digits
 from xcf.models.io import cached_model, merged
 

@@ -15,6 +15,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from xcf._io import atomic_write
+
 __all__ = ["save_model", "load_state", "cache_dir", "cached_model", "merged", "QUICK"]
 
 FORMAT = 1
@@ -50,10 +52,7 @@ def save_model(model: nn.Module, path: str | os.PathLike, config: dict[str, Any]
         "metrics": dict(metrics or {}),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:

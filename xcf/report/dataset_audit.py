@@ -25,7 +25,7 @@ from xcf.models.gan import digits_gan
 from xcf.models.io import QUICK
 from xcf.models.vae import digits_vae
 from xcf.report.demo import METHODS, load_classifier
-from xcf.store import fingerprint_modules
+from xcf._io import fingerprint_modules
 from xcf.stream import StreamOutcome, accelerate, init_distributed, shift_target, stream_audit
 
 __all__ = ["DATASETS", "digits_dataset", "run_audit"]

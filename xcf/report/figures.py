@@ -152,12 +152,17 @@ def mean_map_figure(maps: Mapping[str, Mapping[int, Tensor]], class_names: Optio
 
 
 def save_figure(fig: Figure, path: str | Path, formats: Sequence[str] = ("png",), dpi: int = 130) -> list[Path]:
-    """Save ``fig`` as ``path`` with each suffix in ``formats`` (e.g. PNG for the report, PDF for papers)."""
+    """Save ``fig`` as ``path.<format>`` for each of ``formats`` (e.g. PNG for the report, PDF for papers).
+
+    The format is appended to the whole name, so ``"run.v1"`` and ``"run.v2"`` stay two files.
+    """
     path = Path(path)
+    if path.suffix.lstrip(".").lower() in {f.lower() for f in formats}:
+        path = path.with_suffix("")
     path.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for fmt in formats:
-        target = path.with_suffix("." + fmt)
+        target = path.with_name(f"{path.name}.{fmt}")
         fig.savefig(target, dpi=dpi, bbox_inches="tight")
         written.append(target)
     plt.close(fig)

@@ -10,7 +10,6 @@ import base64
 import html
 import io
 import os
-import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +17,10 @@ from typing import Any, Mapping, Optional, Sequence
 
 from matplotlib.figure import Figure
 
+from xcf._io import atomic_write, format_number, slug
 from xcf.report.figures import save_figure
 
-__all__ = ["Report", "check_writable", "slug"]
+__all__ = ["Report", "check_writable"]
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1100px;
@@ -51,17 +51,8 @@ def check_writable(out_dir: str | os.PathLike) -> Path:
     return out
 
 
-def slug(name: str) -> str:
-    """A file-name-safe version of ``name``: ``"approximate (GAN)"`` -> ``"approximate_GAN"``."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "figure"
-
-
 def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        if v != v:
-            return "–"
-        return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.3e}"
-    return html.escape(str(v))
+    return html.escape(format_number(v))
 
 
 @dataclass
@@ -120,14 +111,7 @@ class Report:
         """Write the figures (PNG + PDF) and then the HTML, atomically; return the HTML's path."""
         out = check_writable(out_dir)
         for fig_name, fig in self.figures:
-            save_figure(fig, out / "figures" / slug(fig_name), formats=("png", "pdf"))
+            save_figure(fig, out / "figures" / slug(fig_name, default="figure"), formats=("png", "pdf"))
         text = self.render()
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, out / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(out / name, lambda fh: fh.write(text.encode("utf-8")))
         return out / name
