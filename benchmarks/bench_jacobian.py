@@ -1,10 +1,10 @@
-"""Benchmark: batched Jacobians with :func:`xcf.geometry.jacobian` against autograd loops.
+"""Benchmark: batched Jacobians with :func:`xcf.evaluate.geometry.jacobian` against autograd loops.
 
 Model: an MLP generator ``g: R^64 -> R^784`` (64 -> 256 -> 512 -> 784, softplus, sigmoid output),
 the shape of a GAN on 28 x 28 digits; batch 64.  Compared, one timed run each after a warm-up on two
 samples, all giving the same ``(64, 784, 64)`` Jacobians (checked):
 
-* ``xcf``: :func:`xcf.geometry.jacobian` (forward mode: 64 JVPs of the batch, vmapped over
+* ``xcf``: :func:`xcf.evaluate.geometry.jacobian` (forward mode: 64 JVPs of the batch, vmapped over
   directions);
 * ``per-sample``: one :func:`torch.autograd.functional.jacobian` call per sample (its default,
   reverse mode with one backward pass per output value: 64 x 784 backward passes);
@@ -28,7 +28,7 @@ import time
 import torch
 from torch import nn
 
-from xcf.geometry import jacobian
+from xcf.evaluate.geometry import jacobian
 
 
 def generator(dim_z: int = 64, dim_x: int = 784, seed: int = 0) -> nn.Module:
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(f"  {name:20s} {t * 1e3:9.1f} ms   ({times['per-sample'] / t:7.1f}x vs per-sample)")
     ratio = times["per-sample"] / times["xcf"]
     ratios = {f"ratio_{k}": times[k] / times["xcf"] for k in ("per-sample", "per-sample-column", "batch-column")}
-    print(f"speed-up of xcf.geometry.jacobian: {ratio:.1f}x vs per-sample autograd.functional.jacobian, "
+    print(f"speed-up of xcf.evaluate.geometry.jacobian: {ratio:.1f}x vs per-sample autograd.functional.jacobian, "
           f"{ratios['ratio_per-sample-column']:.1f}x vs one jvp call per sample and column, "
           f"{ratios['ratio_batch-column']:.1f}x vs one batched jvp call per column")
     return {**ratios, **times}

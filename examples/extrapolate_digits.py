@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import torch
 
-from xcf.report.extrapolation import run_extrapolation_demo
+from xcf.apps.extrapolate import run_extrapolation_demo
 
 FIGURES = Path(__file__).resolve().parent / "figures"
 

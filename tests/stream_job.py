@@ -16,10 +16,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-import xcf.store
+import xcf.scale.store
 from xcf import AdversarialCounterfactual, DiffeomorphicCounterfactual
+from xcf.apps.audit import audit
 from xcf.models.flows import realnvp_flow
-from xcf.stream import shift_target, stream_audit
+from xcf.scale.stream import shift_target, stream_audit
 
 
 class Synthetic(Dataset):
@@ -61,17 +62,17 @@ def main(argv=None) -> int:
     train = (torch.rand(60, 1, args.pixels, args.pixels, generator=torch.Generator().manual_seed(99)),
              torch.arange(60) % 3)
     if args.sleep:
-        write = xcf.store.ShardStore.write
+        write = xcf.scale.store.ShardStore.write
 
         def slow_write(self, batch, arrays):
             path = write(self, batch, arrays)
             time.sleep(args.sleep)
             return path
 
-        xcf.store.ShardStore.write = slow_write
-    outcome = stream_audit(clf, Synthetic(args.images, args.pixels), shift_target(1, 3), explainers, args.out,
-                           train=train, batch_size=args.batch_size, steps=args.steps, seed=0,
-                           report=not args.no_report, config={"job": "tests/stream_job.py"})
+        xcf.scale.store.ShardStore.write = slow_write
+    run = stream_audit if args.no_report else audit
+    outcome = run(clf, Synthetic(args.images, args.pixels), shift_target(1, 3), explainers, args.out,
+                  train=train, batch_size=args.batch_size, steps=args.steps, seed=0, config={"job": "tests/stream_job.py"})
     print(f"computed {len(outcome.computed)} skipped {len(outcome.skipped)}", flush=True)
     return 0
 

@@ -6,12 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from captum.robust import PGD
+from tiny_models import two_class_linear
 from torch import nn
 
 from xcf import CounterfactualExplainer, PixelChart
 from xcf.explain.adversarial import AdversarialCounterfactual, BallChart
-
-from tiny_models import two_class_linear
 
 
 def mlp(seed: int = 0, d_in: int = 16, classes: int = 4) -> nn.Module:
@@ -198,6 +197,11 @@ def test_inputs_outside_bounds_are_refused():
         pgd.counterfactual(torch.rand(2, 1, 4, 4) + 1.5, target=0)
 
 
-def test_project_before_encode_is_an_error():
-    with pytest.raises(RuntimeError, match="before encode"):
-        BallChart("linf", 0.1).project(torch.zeros(1, 2), torch.arange(1))
+def test_ball_chart_keeps_no_state_between_calls():
+    """Each call's projection is centred on its own inputs, whatever other calls came after it."""
+    chart = BallChart("linf", 0.1, bounds=None, random_start=False)
+    a, b = torch.zeros(2, 3), torch.ones(3, 3)
+    coords_a = chart.start(a)
+    chart.start(b)
+    far = torch.full((1, 3), 5.0)
+    assert torch.equal(coords_a.project(far, torch.tensor([1])), torch.full((1, 3), 0.1))

@@ -8,7 +8,7 @@ from torch import nn
 
 from xcf.explain.approximate import ApproximateCounterfactual
 from xcf.explain.base import CounterfactualExplainer
-from xcf.search import CounterfactualResult
+from xcf.result import CounterfactualResult
 
 torch.set_num_threads(1)
 

@@ -16,7 +16,7 @@ from captum.metrics import infidelity, sensitivity_max  # noqa: E402
 from torch import nn  # noqa: E402
 
 import xcf  # noqa: E402
-from xcf.maps import to_captum_image  # noqa: E402
+from xcf.report.maps import to_captum_image
 
 torch.set_num_threads(1)
 
@@ -40,9 +40,7 @@ class OneVsZero(nn.Module):
 
 
 def l2_explainer(model, bounds=None):
-    chart = xcf.PixelChart(bounds=bounds)
-    chart.update = "l2"
-    return xcf.CounterfactualExplainer(model, chart)
+    return xcf.CounterfactualExplainer(model, xcf.PixelChart(bounds=bounds, update="l2"))
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""Tests of xcf.cleverhans: stamping, localisation, and the audit on shortcut vs clean digit classifiers."""
+"""Tests of xcf.evaluate.cleverhans: stamping, localisation, and the audit on shortcut vs clean digit classifiers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import xcf
-from xcf.cleverhans import (
+from xcf.evaluate.cleverhans import (
     AuditVerdict,
     apply_pattern,
     audit_maps,
@@ -22,7 +22,7 @@ from xcf.cleverhans import (
     square,
     stamp,
 )
-from xcf.maps import compare_attributions
+from xcf.evaluate.maps import compare_attributions
 
 torch.set_num_threads(1)
 
@@ -165,9 +165,7 @@ def train_mlp(x, y, seed=0, epochs=60):
 
 def steepest_pixel_explainer(model):
     """Pixel-space counterfactuals with the normalised-gradient (L2 steepest descent) step."""
-    chart = xcf.PixelChart()
-    chart.update = "l2"
-    return xcf.CounterfactualExplainer(model, chart)
+    return xcf.CounterfactualExplainer(model, xcf.PixelChart(update="l2"))
 
 
 @pytest.fixture(scope="module", params=[(3, "square", (0, 0)), (7, "cross", (0, 0))], ids=["square-3", "cross-7"])

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from xcf.cli import build_parser, main
+from xcf.apps.cli import build_parser, main
 
 
 @pytest.mark.slow

@@ -135,7 +135,7 @@ def test_shifted_images_grow_a_set_without_copies():
 
 
 def test_audit_data_sets():
-    from xcf.report.dataset_audit import digits_dataset
+    from xcf.apps.audit import digits_dataset
 
     assert len(digits_dataset("digits-test")) == 450 and len(digits_dataset("digits-all", 10)) == 10
     assert len(digits_dataset("digits-shifted")) == 9 * 450

@@ -5,7 +5,11 @@ import torch
 from nflows.distributions import StandardNormal
 from nflows.flows import Flow
 from nflows.nn.nets import ResidualNet
-from nflows.transforms import AffineCouplingTransform, CompositeTransform, ReversePermutation
+from nflows.transforms import (
+    AffineCouplingTransform,
+    CompositeTransform,
+    ReversePermutation,
+)
 from torch import nn
 
 from xcf import DiffeomorphicCounterfactual

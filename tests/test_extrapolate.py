@@ -249,7 +249,8 @@ def test_runs_under_no_grad():
         (dict(lam=-0.1), ValueError, "lam must be >= 0"),
         (dict(epsilon=0.0), ValueError, "epsilon must be > 0"),
         (dict(epsilon=-1.0), ValueError, "epsilon must be > 0"),
-        (dict(epsilon=float("nan")), TypeError, "epsilon must be a finite number"),
+        (dict(epsilon=float("nan")), ValueError, "epsilon must be a finite number"),
+        (dict(epsilon="1"), TypeError, "epsilon must be a finite number"),
         (dict(lam=0.1, keep_fraction=0.5), ValueError, "not both"),
         (dict(method="plain", keep_fraction=0.5), ValueError, "truncated' only"),
         (dict(method="adam"), ValueError, "method must be one of"),
@@ -327,7 +328,7 @@ def test_delta_positive_on_a_briefly_trained_gan():
 
 # ------------------------------------------------------------------------------- the digits report
 def test_plain_step_is_matched_to_a_target_descent():
-    from xcf.report.extrapolation import match_plain_step
+    from xcf.apps.extrapolate import match_plain_step
 
     G, z = small_generator(), torch.randn(64, 3)
     _, target = KnowledgeExtrapolation(G, first, keep_fraction=0.05, epsilon=0.02, steps=10, eval_latents=z).run()
@@ -340,7 +341,7 @@ def test_plain_step_is_matched_to_a_target_descent():
 
 @pytest.mark.slow
 def test_digits_demo_end_to_end(tmp_path):
-    from xcf.report.extrapolation import run_extrapolation_demo
+    from xcf.apps.extrapolate import run_extrapolation_demo
 
     summary = run_extrapolation_demo(tmp_path / "out", tmp_path / "cache", knowledge=1, steps=10, quick=True)
     for name in ("extrapolation.png", "extrapolation.json", "extrapolation.md"):

@@ -195,14 +195,15 @@ def test_chart_encode_decode_and_flag():
     x[0] = 1.0 - x[0]  # not in the generator's range
     chart = GeneratorChart(G, 3, restarts=4, inversion_steps=300, recon_threshold=0.05)
     chart.check(x)
-    z = chart.encode(x)
-    assert z.shape == (4, 3)
+    coords = chart.start(x)
+    z = coords.start
+    assert z.shape == (4, 3) and torch.equal(z, chart.encode(x))  # no state between calls: same answer
     with torch.no_grad():
         error = (chart.decode(z) - x).flatten(1).pow(2).mean(1).sqrt()
     with pytest.warns(UserWarning, match="1 of 4 inputs are poorly reconstructed"):
         info = chart.check_reconstruction(error)
     assert info["poor_reconstruction"].tolist() == [True, False, False, False]
-    assert torch.equal(info["inversion_steps"], chart.last_inversion.steps)
+    assert torch.equal(coords.info["inversion_steps"], chart.invert(x).steps)
     assert chart.name == "generator" and chart.modules() == [G]
 
 

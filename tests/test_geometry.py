@@ -1,4 +1,4 @@
-"""xcf.geometry: batched Jacobians against autograd, tangent spaces with known answers, bad input."""
+"""xcf.evaluate.geometry: batched Jacobians against autograd, tangent spaces with known answers, bad input."""
 
 import math
 
@@ -16,15 +16,8 @@ from nflows.transforms import (
 from torch import nn
 
 from xcf import FlowChart
-from xcf.geometry import (
-    jacobian,
-    jvp,
-    manifold_dimension,
-    metric_vector_product,
-    on_manifold_fraction,
-    tangent_space,
-    vjp,
-)
+from xcf.evaluate.geometry import jacobian, jvp, metric_vector_product, vjp
+from xcf.evaluate.manifold import manifold_dimension, on_manifold_fraction, tangent_space
 
 
 def reference_jacobian(decode, z):

@@ -13,16 +13,9 @@ from captum.attr import IntegratedGradients, Saliency  # noqa: E402
 from torch import nn  # noqa: E402
 
 import xcf  # noqa: E402
-from xcf.maps import (  # noqa: E402
-    compare_attributions,
-    difference_map,
-    mean_map_per_target,
-    overlay,
-    plot_map_grid,
-    to_captum_image,
-    to_image,
-)
-from xcf.search import CounterfactualResult  # noqa: E402
+from xcf.evaluate.maps import compare_attributions, difference_map, mean_map_per_target
+from xcf.report.maps import overlay, plot_map_grid, to_captum_image, to_image
+from xcf.result import CounterfactualResult
 
 torch.set_num_threads(1)
 

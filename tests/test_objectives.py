@@ -14,14 +14,24 @@ import torch
 from nflows.distributions import StandardNormal
 from nflows.flows import Flow
 from nflows.nn.nets import ResidualNet
-from nflows.transforms import AffineCouplingTransform, CompositeTransform, ReversePermutation
+from nflows.transforms import (
+    AffineCouplingTransform,
+    CompositeTransform,
+    ReversePermutation,
+)
 from torch import nn
 
-from xcf import CounterfactualExplainer, DiffeomorphicCounterfactual, FlowChart, PixelChart, search
+from xcf import (
+    CounterfactualExplainer,
+    DiffeomorphicCounterfactual,
+    FlowChart,
+    PixelChart,
+    search,
+)
 from xcf.charts.base import Chart
 from xcf.charts.generator import GeneratorChart
+from xcf.evaluate.regression import knn_target_mean, regression_metrics
 from xcf.objectives import ClassTarget, ScalarTarget
-from xcf.regression import knn_target_mean, regression_metrics
 
 torch.set_num_threads(1)
 
@@ -421,7 +431,12 @@ def test_counting_example_quick_end_to_end(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    from xcf.counting import count_blobs, counting_figure, counting_models, run_counting_example
+    from xcf.counting import (
+        count_blobs,
+        counting_figure,
+        counting_models,
+        run_counting_example,
+    )
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # a quick regressor may already satisfy some objectives

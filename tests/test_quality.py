@@ -4,7 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from xcf.quality import frechet_distance, gaussian_frechet_distance, penultimate_features
+from xcf.evaluate.quality import (
+    frechet_distance,
+    gaussian_frechet_distance,
+    penultimate_features,
+)
 
 torch.set_num_threads(1)
 

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from xcf import PixelChart
-from xcf.cleverhans import region_mask
+from xcf.apps.audit import CleverHansCheck, audit
+from xcf.evaluate.cleverhans import region_mask
 from xcf.explain.base import CounterfactualExplainer
-from xcf.report.audit import CleverHansCheck, audit
 from xcf.report.html import Report
 
 
@@ -28,7 +28,7 @@ def test_audit_writes_every_section(tmp_path):
     explainers = {"pixel adam": CounterfactualExplainer(model, PixelChart(None)),
                   "pixel l2": CounterfactualExplainer(model, PixelChart(None, update="l2"))}
     check = CleverHansCheck("tiny", model, {"cf": explainers["pixel l2"]}, x, 1, region_mask((1, 4, 4), (0, 0), (2, 2)))
-    outcome = audit(model, (x_train, y_train), x, 1, explainers, tmp_path / "out", steps=50,
+    outcome = audit(model, x, 1, explainers, tmp_path / "out", train=(x_train, y_train), steps=50,
                     quality={"generator": 1.5}, clever_hans=[check], summary={"model": "linear"})
     html = outcome.report.read_text()
     for section in ("Data and models", "Generator quality", "Counterfactuals side by side", "Metrics",

@@ -4,13 +4,12 @@ import math
 
 import pytest
 import torch
+from tiny_models import two_class_linear
 from torch import nn
 
 import xcf
 from xcf import ClassTarget, CounterfactualExplainer, PixelChart, search
 from xcf.charts.base import Chart
-
-from tiny_models import two_class_linear
 
 
 def reachable_net(seed: int) -> nn.Module:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-import xcf.store
+import xcf.scale.store
 from xcf._io import fingerprint_modules, slug
-from xcf.store import ShardStore, StoreError, StoreMismatchError, StoreWriteError
+from xcf.scale.store import ShardStore, StoreError, StoreMismatchError, StoreWriteError
 
 
 def _arrays(b, rows=4):
@@ -51,7 +51,7 @@ def test_an_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
         fh.write(b"PK\x03\x04 partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(xcf.store.np, "savez", dies_half_way)
+    monkeypatch.setattr(xcf.scale.store.np, "savez", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
         store.write(1, _arrays(1))
     assert list(store.shards.iterdir()) == [] and store.finished() == set()
@@ -65,7 +65,7 @@ def test_disk_full_is_a_clear_error_and_keeps_finished_shards(tmp_path, monkeypa
         fh.write(b"PK")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(xcf.store.np, "savez", full)
+    monkeypatch.setattr(xcf.scale.store.np, "savez", full)
     with pytest.raises(StoreWriteError, match="the disk is full.*1 finished shards are intact.*resume") as info:
         store.write(1, _arrays(1))
     assert info.value.errno == errno.ENOSPC

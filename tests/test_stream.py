@@ -12,13 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from stream_job import Synthetic, models
+from stream_job import main as job_main
 from torch.utils.data import Dataset, IterableDataset, TensorDataset
 
-from stream_job import Synthetic, main as job_main, models
 from xcf import AdversarialCounterfactual
-from xcf.store import ShardStore, StoreMismatchError
-from xcf.stream import accelerate, shift_target, stream_audit, summarise_store
+from xcf.apps.audit import audit
+from xcf.scale.precision import accelerate
+from xcf.scale.store import ShardStore, StoreMismatchError
+from xcf.scale.stream import shift_target, stream_audit
+from xcf.scale.summary import summarise_store
 
 JOB = str(Path(__file__).with_name("stream_job.py"))
 TIMING = ("time_ms",)  # wall-clock metrics: the only entries allowed to differ between equal runs
@@ -51,8 +54,8 @@ def _audit(out, data=None, **kw):
     clf, _ = models(4)
     data = Synthetic(20, 4) if data is None else data
     kw.setdefault("train", (torch.rand(30, 1, 4, 4, generator=torch.Generator().manual_seed(1)), torch.arange(30) % 3))
-    return stream_audit(clf, data, shift_target(1, 3), {"adversarial": AdversarialCounterfactual(clf)}, out,
-                        batch_size=kw.pop("batch_size", 6), steps=kw.pop("steps", 20), **kw)
+    return audit(clf, data, shift_target(1, 3), {"adversarial": AdversarialCounterfactual(clf)}, out,
+                 batch_size=kw.pop("batch_size", 6), steps=kw.pop("steps", 20), **kw)
 
 
 # ---------------------------------------------------------------------------------------- in process
@@ -159,7 +162,7 @@ def test_models_are_left_as_found(tmp_path):
     before = {k: v.clone() for k, v in clf.state_dict().items()}
     flags = [p.requires_grad for p in clf.parameters()]
     stream_audit(clf, Synthetic(8, 4), 2, {"adversarial": AdversarialCounterfactual(clf)}, tmp_path,
-                 batch_size=4, steps=5, report=False)
+                 batch_size=4, steps=5)
     assert all(torch.equal(before[k], v) for k, v in clf.state_dict().items())
     assert [p.requires_grad for p in clf.parameters()] == flags and not clf.training
     assert all(p.grad is None for p in clf.parameters())
@@ -167,8 +170,11 @@ def test_models_are_left_as_found(tmp_path):
 
 def test_summarise_a_store_again(tmp_path):
     _audit(tmp_path)
-    table, summary, path = summarise_store(ShardStore.open(tmp_path / "store"), tmp_path / "again")
-    assert summary["images"] == 20 and path.is_file() and "adversarial" in table.rows
+    again = summarise_store(ShardStore.open(tmp_path / "store"))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert again.images == 20 and "adversarial" in again.table.rows
+    for method, row in again.table.to_dict().items():  # the store alone gives the report's numbers
+        assert row == pytest.approx(summary["metrics"][method])
 
 
 def test_accelerate_bf16_keeps_the_model_and_returns_float(tmp_path):

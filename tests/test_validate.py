@@ -17,16 +17,14 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from torch import nn
 
-from xcf.search import CounterfactualResult
-from xcf.validate import (
+from xcf.evaluate.metrics import (
     METRIC_COLUMNS,
-    KNNValidator,
     MetricsTable,
-    SVMValidator,
     compare,
     counterfactual_metrics,
-    nearest_distance,
 )
+from xcf.evaluate.validators import KNNValidator, SVMValidator, nearest_distance
+from xcf.result import CounterfactualResult
 
 torch.set_num_threads(1)
 

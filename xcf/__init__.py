@@ -1,21 +1,39 @@
 """xcf: audit image classifiers with counterfactual explanations.
 
 Three kinds of answer to "what would this input have to look like to be classified as class k?",
-all made by one search engine (:func:`xcf.search.search`) in different charts:
+all made by one search engine (:func:`xcf.engine.search`, also ``xcf.search``) in different charts:
 
 - :class:`DiffeomorphicCounterfactual`: ascent in a normalizing flow's base space;
 - :class:`ApproximateCounterfactual`: ascent in a GAN's or VAE's latent space after inversion;
 - :class:`AdversarialCounterfactual`: ascent in pixel space (the baseline), or PGD in an L-inf/L2 ball.
 
-Modules beside them: :mod:`xcf.geometry` (batched Jacobians, tangent spaces), :mod:`xcf.validate`
-(SVM / k-NN validation, metrics), :mod:`xcf.maps` (difference maps), :mod:`xcf.cleverhans` (shortcut
-audit), :mod:`xcf.extrapolate` (knowledge extrapolation), :mod:`xcf.quality` (Fréchet distance),
-:mod:`xcf.datasets` and :mod:`xcf.models` (the embedded digits default and reference models).
+The package, one responsibility per folder, imports flowing one way (``docs/architecture.md``):
+:mod:`xcf.datasets` and :mod:`xcf.models` (data and reference models), :mod:`xcf.objectives`,
+:mod:`xcf.result`, :mod:`xcf.engine`, :mod:`xcf.charts`, :mod:`xcf.explain` (the explainers) and
+:mod:`xcf.extrapolate` (knowledge extrapolation), :mod:`xcf.evaluate` (validators, metrics, geometry,
+quality, maps, Clever-Hans), :mod:`xcf.scale` (store, streaming, ranks), :mod:`xcf.report` (rendering)
+and :mod:`xcf.apps` (demo, audit, command line).
 """
 
-from xcf.charts import Chart, FlowChart, GeneratorChart, PixelChart
-from xcf.charts.generator import InversionResult, invert
-from xcf.cleverhans import AuditVerdict, clever_hans_audit, localisation_score, region_mask, stamp
+from xcf import _compat
+from xcf.charts import (
+    BallChart,
+    Chart,
+    Coordinates,
+    FlowChart,
+    GeneratorChart,
+    InversionResult,
+    PixelChart,
+    invert,
+)
+from xcf.datasets.watermark import region_mask, stamp
+from xcf.engine import search
+from xcf.evaluate.cleverhans import AuditVerdict, clever_hans_audit, localisation_score
+from xcf.evaluate.maps import compare_attributions, difference_map, mean_map_per_target
+from xcf.evaluate.metrics import MetricsTable, compare, counterfactual_metrics
+from xcf.evaluate.quality import frechet_distance
+from xcf.evaluate.regression import knn_target_mean, regression_metrics
+from xcf.evaluate.validators import KNNValidator, SVMValidator
 from xcf.explain import (
     AdversarialCounterfactual,
     ApproximateCounterfactual,
@@ -23,21 +41,21 @@ from xcf.explain import (
     DiffeomorphicCounterfactual,
 )
 from xcf.extrapolate import ExtrapolationHistory, KnowledgeExtrapolation
-from xcf.maps import compare_attributions, difference_map, mean_map_per_target
 from xcf.objectives import ClassTarget, ScalarTarget
-from xcf.quality import frechet_distance
-from xcf.regression import knn_target_mean, regression_metrics
-from xcf.search import CounterfactualResult, search
-from xcf.validate import KNNValidator, MetricsTable, SVMValidator, compare, counterfactual_metrics
+from xcf.result import CounterfactualResult
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+_compat.install()
 
 __all__ = [
     "AdversarialCounterfactual",
     "ApproximateCounterfactual",
     "AuditVerdict",
+    "BallChart",
     "Chart",
     "ClassTarget",
+    "Coordinates",
     "CounterfactualExplainer",
     "CounterfactualResult",
     "DiffeomorphicCounterfactual",

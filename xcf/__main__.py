@@ -2,6 +2,6 @@
 
 import sys
 
-from xcf.cli import main
+from xcf.apps.cli import main
 
 sys.exit(main())

@@ -7,12 +7,15 @@ the work in :func:`preserved`, which restores what torch lets a computation chan
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["check_inputs", "check_module_mode", "modules_of", "preserved", "format_inputs"]
+from xcf._typing import TargetType
+
+__all__ = ["as_target_tensor", "check_int", "check_number", "check_inputs", "check_module_mode", "format_inputs", "modules_of", "preserved"]
 
 _BATCHNORM = (nn.modules.batchnorm._BatchNorm,)
 
@@ -102,13 +105,53 @@ def preserved(*objs: Any) -> Iterator[None]:
             p.grad = grad
 
 
-def call_checked(fn: Callable[[Tensor], Tensor], x: Tensor, role: str) -> Tensor:
-    """Call ``fn(x)``; name ``role`` in any error and refuse non-tensor or non-finite outputs."""
-    out = fn(x)
-    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Tensor):
-        out = out[0]
-    if not isinstance(out, Tensor):
-        raise TypeError(f"the {role} must return a tensor, got {type(out).__name__}")
-    if not bool(torch.isfinite(out).all()):
-        raise ValueError(f"the {role} produced NaN or Inf values")
-    return out
+def as_target_tensor(target: TargetType | None, n: int, device: torch.device) -> Tensor:
+    """Turn Captum-style ``target`` (int, list or tensor) into a ``(n,)`` long tensor.
+
+    Raises:
+        ValueError: if ``target`` is missing, not integral, or its length is neither 1 nor ``n``.
+    """
+    if target is None:
+        raise ValueError(
+            "target is required: the class each counterfactual should reach "
+            "(an int, a list of ints or a tensor of class indices)"
+        )
+    if isinstance(target, bool):
+        raise ValueError(f"target must be a class index, got the bool {target!r}")
+    if isinstance(target, (int, np.integer)):
+        return torch.full((n,), int(target), dtype=torch.long, device=device)
+    if isinstance(target, np.ndarray):
+        target = torch.from_numpy(target)
+    if isinstance(target, Tensor):
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
+        t = target.to(device=device, dtype=torch.long).reshape(-1)
+    else:
+        items = list(target)
+        if not all(isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_)) for i in items):
+            raise ValueError(f"target must hold integer class indices, got {items!r}")
+        t = torch.tensor([int(i) for i in items], dtype=torch.long, device=device)
+    if t.numel() == 1:
+        return t.expand(n).clone()
+    if t.numel() != n:
+        raise ValueError(f"target has {t.numel()} entries but the batch has {n} inputs")
+    return t
+
+
+def check_number(value: Any, name: str, *, positive: bool = False) -> float:
+    """A finite real number (bools and strings refused, never converted); ``> 0`` with ``positive``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a finite number, got {value!r}")
+    value = float(value)
+    if not np.isfinite(value) or (positive and not value > 0):
+        raise ValueError(f"{name} must be a finite number{' > 0' if positive else ''}, got {value!r}")
+    return value
+
+
+def check_int(value: Any, name: str, minimum: int = 0) -> int:
+    """An integer ``>= minimum`` (bools, floats and strings refused, never truncated)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from xcf._validation import check_module_mode, preserved
+from xcf._validation import check_int, check_number, check_module_mode, preserved
 
 __all__ = ["ExtrapolationHistory", "KnowledgeExtrapolation"]
 
@@ -103,18 +103,6 @@ class ExtrapolationHistory:
         out = {k: getattr(self, k) for k in keys}
         out["mean_moved"] = sum(self.moved) / len(self.moved) if self.moved else 0.0
         return out
-
-
-def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _count(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
 
 
 def _latent_shape(generator: nn.Module, latent_shape: Any) -> tuple[int, ...]:
@@ -229,15 +217,15 @@ class KnowledgeExtrapolation:
             raise TypeError(f"features must be callable or None, got {type(features).__name__}")
         if method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-        epsilon = _number(epsilon, "epsilon")
+        epsilon = check_number(epsilon, "epsilon")
         if epsilon <= 0:
             raise ValueError(f"epsilon must be > 0, got {epsilon}")
         if lam is not None:
-            lam = _number(lam, "lam")
+            lam = check_number(lam, "lam")
             if lam < 0:
                 raise ValueError(f"lam must be >= 0, got {lam}")
         if keep_fraction is not None:
-            keep_fraction = _number(keep_fraction, "keep_fraction")
+            keep_fraction = check_number(keep_fraction, "keep_fraction")
             if not 0 < keep_fraction <= 1:
                 raise ValueError(f"keep_fraction must lie in (0, 1], got {keep_fraction}")
         if lam is not None and keep_fraction is not None:
@@ -263,9 +251,9 @@ class KnowledgeExtrapolation:
         self.epsilon = epsilon
         self.lam = lam
         self.keep_fraction = keep_fraction
-        self.steps = _count(steps, "steps")
-        self.batch_size = _count(batch_size, "batch_size")
-        self.eval_size = _count(eval_size, "eval_size")
+        self.steps = check_int(steps, "steps", 1)
+        self.batch_size = check_int(batch_size, "batch_size", 1)
+        self.eval_size = check_int(eval_size, "eval_size", 1)
         self.eval_latents = eval_latents
         self.seed = int(seed)
         self.progress = bool(progress)

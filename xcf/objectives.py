@@ -2,7 +2,7 @@
 
 Every objective answers three questions per sample, given the model output for the samples still
 searching: the loss to *minimise*, the score that is reported and traced, and whether the
-stopping threshold is reached.  The search engine (:mod:`xcf.search`) never looks inside.
+stopping threshold is reached.  The search engine (:mod:`xcf.engine`) never looks inside.
 
 :class:`ClassTarget` is the default: minimise the cross-entropy toward class ``k`` and stop once
 ``softmax(f(x'))[k] >= confidence``.
@@ -11,16 +11,17 @@ stopping threshold is reached.  The search engine (:mod:`xcf.search`) never look
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Literal, Protocol, Sequence, Union
+from typing import Callable, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from xcf._typing import OutputKind, TargetType
+from xcf._validation import as_target_tensor
+
 __all__ = ["Objective", "ClassTarget", "ScalarTarget", "OutputKind", "TargetType", "as_target_tensor"]
 
-OutputKind = Literal["logits", "probs", "log_probs"]
-TargetType = Union[int, Sequence[int], Tensor]
 
 
 class Objective(Protocol):
@@ -36,37 +37,6 @@ class Objective(Protocol):
 
     def __call__(self, output: Tensor, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Return ``(loss, score, reached)``, each of shape ``(len(output),)``."""
-
-
-def as_target_tensor(target: TargetType | None, n: int, device: torch.device) -> Tensor:
-    """Turn Captum-style ``target`` (int, list or tensor) into a ``(n,)`` long tensor.
-
-    Raises:
-        ValueError: if ``target`` is missing, not integral, or its length is neither 1 nor ``n``.
-    """
-    if target is None:
-        raise ValueError(
-            "target is required: the class each counterfactual should reach "
-            "(an int, a list of ints or a tensor of class indices)"
-        )
-    if isinstance(target, bool):
-        raise ValueError(f"target must be a class index, got the bool {target!r}")
-    if isinstance(target, int):
-        return torch.full((n,), target, dtype=torch.long, device=device)
-    if isinstance(target, Tensor):
-        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-            raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
-        t = target.to(device=device, dtype=torch.long).reshape(-1)
-    else:
-        items = list(target)
-        if not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
-            raise ValueError(f"target must hold integer class indices, got {items!r}")
-        t = torch.tensor(items, dtype=torch.long, device=device)
-    if t.numel() == 1:
-        return t.expand(n).clone()
-    if t.numel() != n:
-        raise ValueError(f"target has {t.numel()} entries but the batch has {n} inputs")
-    return t
 
 
 def log_probabilities(output: Tensor, kind: OutputKind) -> Tensor:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
-from xcf.charts.base import Chart
+from xcf.charts.base import Chart, Coordinates
 
 __all__ = ["FlowChart"]
 
@@ -17,13 +18,15 @@ class FlowChart(Chart):
 
     ``flow`` is an :class:`nflows.flows.Flow` (xcf's builders or the user's own) or any object with
     ``encode(x) -> z`` and ``decode(z) -> x``.  A flow defined on flattened vectors is detected on
-    the first call and inputs are flattened for it, decoded samples reshaped back.
+    each call and inputs are flattened for it, decoded samples reshaped back; nothing is kept between calls.
 
     Args:
         flow: the flow.
         event_shape: the shape of one sample as the flow expects it; ``None`` infers it.
-        recon_tol: largest acceptable per-sample RMS error of ``decode(encode(x))``; a flow that does
-            worse is refused, since then its base space is no chart of the inputs.
+        max_recon_error: largest acceptable per-sample RMS error of ``decode(encode(x))``; a flow that
+            does worse is refused, since then its base space is no chart of the inputs.  (Generator charts
+            only *flag* poor reconstructions, with ``recon_threshold``.)
+        recon_tol: deprecated name of ``max_recon_error``.
     """
 
     name = "flow"
@@ -35,32 +38,40 @@ class FlowChart(Chart):
     lr = 0.5
     steps = 1000
     update = "l2"
+    needs_eval = True
 
-    def __init__(self, flow: Any, event_shape: Optional[tuple[int, ...]] = None, recon_tol: float = 1e-3):
+    def __init__(self, flow: Any, event_shape: Optional[tuple[int, ...]] = None, max_recon_error: float = 1e-3,
+                 *, recon_tol: Optional[float] = None):
         is_nflows = hasattr(flow, "transform_to_noise") and hasattr(flow, "_transform")
         if not is_nflows and not (hasattr(flow, "encode") and hasattr(flow, "decode")):
             raise TypeError(
                 "flow must be an nflows.flows.Flow or have encode(x) -> z and decode(z) -> x methods, "
                 f"got {type(flow).__name__}"
             )
-        if recon_tol <= 0:
-            raise ValueError(f"recon_tol must be > 0, got {recon_tol}")
+        if recon_tol is not None:
+            warnings.warn("FlowChart(recon_tol=...) is renamed max_recon_error and will be removed in xcf 0.3",
+                          DeprecationWarning, stacklevel=2)
+            max_recon_error = recon_tol
+        if not max_recon_error > 0:
+            raise ValueError(f"max_recon_error must be > 0, got {max_recon_error}")
         self.flow = flow
         self.is_nflows = is_nflows
         self.event_shape = tuple(event_shape) if event_shape is not None else None
-        self.recon_tol = recon_tol
-        self._input_shape: Optional[tuple[int, ...]] = None
+        self.max_recon_error = float(max_recon_error)
 
     # -- shape handling -------------------------------------------------------------------------
-    def check(self, x: Tensor) -> None:
-        self._input_shape = tuple(x.shape[1:])
-        if self.event_shape is None:
-            self.event_shape = self._infer_event_shape(x)
-        if torch.Size(self.event_shape).numel() != x[0].numel():
+    def sample_shape(self, x: Tensor) -> tuple[int, ...]:
+        """The shape the flow takes one sample of ``x`` in: ``event_shape``, else probed (as is, then flat)."""
+        shape = self.event_shape if self.event_shape is not None else self._infer_event_shape(x)
+        if torch.Size(shape).numel() != x[0].numel():
             raise ValueError(
-                f"the flow takes samples of shape {self.event_shape} ({torch.Size(self.event_shape).numel()} "
+                f"the flow takes samples of shape {shape} ({torch.Size(shape).numel()} "
                 f"values) but the inputs have shape {tuple(x.shape[1:])} ({x[0].numel()} values)"
             )
+        return tuple(shape)
+
+    def check(self, x: Tensor) -> None:
+        self.sample_shape(x)
 
     def _infer_event_shape(self, x: Tensor) -> tuple[int, ...]:
         probe = x[:1].detach()
@@ -87,25 +98,33 @@ class FlowChart(Chart):
 
     # -- chart ------------------------------------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
-        if self.event_shape is None:
-            self.check(x)
         with torch.no_grad():
-            return self._to_base(x.reshape((x.shape[0],) + self.event_shape))
+            return self._to_base(x.reshape((x.shape[0],) + self.sample_shape(x)))
 
     def decode(self, p: Tensor) -> Tensor:
-        x = self._from_base(p)
-        shape = self._input_shape if self._input_shape is not None else self.event_shape
-        return x.reshape((x.shape[0],) + tuple(shape))
+        """Base coordinates to samples in the flow's own shape (:meth:`start` reshapes to the inputs')."""
+        return self._from_base(p)
+
+    def start(self, x: Tensor, *, progress: bool = False) -> Coordinates:
+        shape = tuple(x.shape[1:])
+        with torch.no_grad():
+            z = self._to_base(x.reshape((x.shape[0],) + self.sample_shape(x)))
+
+        def decode(p: Tensor) -> Tensor:
+            out = self._from_base(p)
+            return out.reshape((out.shape[0],) + shape)
+
+        return Coordinates(z.detach(), decode)
 
     def modules(self) -> list[Any]:
         return [self.flow]
 
     def check_reconstruction(self, error: Tensor) -> dict[str, Tensor]:
         worst = float(error.max())
-        if not worst <= self.recon_tol:
+        if not worst <= self.max_recon_error:
             raise ValueError(
                 f"the flow does not reconstruct its input: decode(encode(x)) differs from x by RMS up to "
-                f"{worst:.3g} (> recon_tol={self.recon_tol:g}); is it trained, in eval mode and invertible "
-                "in this precision?"
+                f"{worst:.3g} (> max_recon_error={self.max_recon_error:g}); is it trained, in eval mode and "
+                "invertible in this precision?"
             )
         return {}

@@ -1,6 +1,7 @@
 """Captum-style counterfactual explainers, one per chart."""
 
-from xcf.explain.adversarial import AdversarialCounterfactual, BallChart
+from xcf.charts.ball import BallChart
+from xcf.explain.adversarial import AdversarialCounterfactual
 from xcf.explain.approximate import ApproximateCounterfactual
 from xcf.explain.base import CounterfactualExplainer
 from xcf.explain.diffeomorphic import DiffeomorphicCounterfactual

@@ -20,10 +20,9 @@ from typing import Any, Callable, Optional
 
 from torch import Tensor
 
-from xcf.charts.generator import GeneratorChart, LatentShape
+from xcf._typing import LatentShape, OutputKind
+from xcf.charts.generator import GeneratorChart
 from xcf.explain.base import CounterfactualExplainer
-from xcf.objectives import OutputKind
-from xcf.search import CounterfactualResult
 
 __all__ = ["ApproximateCounterfactual"]
 
@@ -49,14 +48,18 @@ class ApproximateCounterfactual(CounterfactualExplainer):
         recon_threshold: RMS error above which a sample is flagged as poorly reconstructed (see
             :class:`~xcf.charts.generator.GeneratorChart`; 0.15 suits images in ``[0, 1]``).
         output: ``"logits"`` (default), ``"probs"`` or ``"log_probs"``.
-        inversion_steps, inversion_lr, tol: inversion budget, step size and early-stopping tolerance.
+        inversion_steps, inversion_lr, inversion_tol: inversion budget, step size and early-stopping
+            tolerance (RMS).
+        tol: deprecated name of ``inversion_tol``.
         seed: seed of the random inversion starts (results are deterministic given it).
 
     Example:
-        >>> G, _ = digits_gan()                                                  # doctest: +SKIP
-        >>> explainer = ApproximateCounterfactual(classifier, G, (G.latent_dim,))  # doctest: +SKIP
-        >>> result = explainer.counterfactual(x, target=3)                       # doctest: +SKIP
-        >>> result.success.float().mean(), result.reconstruction_error.mean()    # doctest: +SKIP
+        >>> clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+        >>> G = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Sigmoid(), torch.nn.Unflatten(1, (1, 4, 4))).eval()
+        >>> x = G(torch.randn(4, 3)).detach()                      # images the generator can make
+        >>> result = ApproximateCounterfactual(clf, G, (3,), restarts=2).counterfactual(x, target=2)
+        >>> result.method, bool(result.reconstruction_error.max() < 0.05), tuple(result.counterfactual.shape)
+        ('approximate', True, (4, 1, 4, 4))
     """
 
     method = "approximate"
@@ -66,27 +69,22 @@ class ApproximateCounterfactual(CounterfactualExplainer):
         forward_func: Callable[..., Tensor],
         generator: Callable[[Tensor], Tensor],
         latent_shape: LatentShape,
+        *,
         encoder: Optional[Callable[[Tensor], Any]] = None,
         restarts: int = 8,
         recon_threshold: float = 0.15,
         output: OutputKind = "logits",
         inversion_steps: int = 300,
         inversion_lr: float = 5e-2,
-        tol: float = 1e-3,
+        inversion_tol: float = 1e-3,
         seed: int = 0,
+        tol: Optional[float] = None,
     ):
         chart = GeneratorChart(
             generator, latent_shape, encoder=encoder, restarts=restarts, recon_threshold=recon_threshold,
-            inversion_steps=inversion_steps, inversion_lr=inversion_lr, tol=tol, seed=seed,
+            inversion_steps=inversion_steps, inversion_lr=inversion_lr, inversion_tol=inversion_tol, seed=seed,
+            tol=tol,
         )
-        super().__init__(forward_func, chart, output)
+        super().__init__(forward_func, chart, output=output)
         self.generator = generator
         self.encoder = encoder
-
-    def counterfactual(self, inputs: Any, target: Any = None, *, progress: bool = False, **kwargs: Any) -> CounterfactualResult:
-        """Invert ``inputs``, then search toward ``target``; see :meth:`CounterfactualExplainer.counterfactual`.
-
-        ``progress`` shows a bar for the inversion and one for the search.
-        """
-        self.chart.progress = progress
-        return super().counterfactual(inputs, target, progress=progress, **kwargs)

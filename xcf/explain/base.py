@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
 import torch
 from captum.attr import Attribution
 from captum.log import log_usage
 from torch import Tensor
 
-from xcf._validation import check_inputs, check_module_mode, format_inputs, preserved
+from xcf._typing import OutputKind, TargetType, TensorOrTuple
+from xcf._validation import as_target_tensor, check_inputs, check_module_mode, format_inputs, preserved
 from xcf.charts.base import Chart
-from xcf.objectives import ClassTarget, Objective, OutputKind, TargetType, as_target_tensor
-from xcf.search import CounterfactualResult, rms, search, timed
+from xcf.engine import rms, search, timed
+from xcf.objectives import ClassTarget, Objective
+from xcf.result import CounterfactualResult
 
 __all__ = ["CounterfactualExplainer"]
 
-TensorOrTuple = Union[Tensor, tuple[Tensor, ...]]
 
 
 class CounterfactualExplainer(Attribution):
@@ -30,13 +31,23 @@ class CounterfactualExplainer(Attribution):
         forward_func: the classifier ``f``.
         chart: where the search runs.
         output: what ``forward_func`` returns: ``"logits"`` (default), ``"probs"`` or ``"log_probs"``.
+
+    Every explainer takes its model(s) positionally and every option by keyword, with the same names
+    for the same things; ``counterfactual`` takes the search options (``confidence``, ``steps``, ``lr``,
+    ``update``) per call, defaulting to the chart's.
+
+    Example:
+        >>> from xcf.charts import PixelChart
+        >>> clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+        >>> explainer = CounterfactualExplainer(clf, PixelChart(None))
+        >>> r = explainer.counterfactual(torch.zeros(3, 1, 2, 2), target=1, update="l2", lr=0.1, steps=200)
+        >>> bool(r.success.all()), tuple(r.counterfactual.shape)
+        (True, (3, 1, 2, 2))
     """
 
     method = "counterfactual"
-    #: whether the chart's own modules must be in eval mode (flows: dequantisation, ActNorm init)
-    chart_needs_eval = False
 
-    def __init__(self, forward_func: Callable[..., Tensor], chart: Chart, output: OutputKind = "logits"):
+    def __init__(self, forward_func: Callable[..., Tensor], chart: Chart, *, output: OutputKind = "logits"):
         super().__init__(forward_func)
         if output not in ("logits", "probs", "log_probs"):
             raise ValueError(f"output must be 'logits', 'probs' or 'log_probs', got {output!r}")
@@ -81,6 +92,7 @@ class CounterfactualExplainer(Attribution):
         confidence: float = 0.99,
         steps: Optional[int] = None,
         lr: Optional[float] = None,
+        update: Optional[str] = None,
         objective: Optional[Objective] = None,
         progress: bool = False,
     ) -> CounterfactualResult:
@@ -94,7 +106,9 @@ class CounterfactualExplainer(Attribution):
             additional_forward_args: extra arguments for ``forward_func``.
             confidence: stop a sample once ``softmax(f(x'))[target] >= confidence``.
             steps: update budget per sample (default: the chart's).
-            lr: Adam step size (default: the chart's).
+            lr: step size (default: the chart's).
+            update: the step rule, ``"adam"``, ``"sign"`` or ``"l2"`` (default: the chart's; see
+                :func:`xcf.engine.search`).
             objective: a custom :class:`~xcf.objectives.Objective` in place of the class target
                 (``confidence`` is then unused); an objective with a ``record(n, device)`` method
                 (:class:`~xcf.objectives.ScalarTarget`) stores its per-sample threshold and direction
@@ -116,33 +130,35 @@ class CounterfactualExplainer(Attribution):
         if objective is None:
             objective = ClassTarget(as_target_tensor(target, x.shape[0], x.device), confidence, self.output)
         targets = getattr(objective, "target", None)
-        with torch.enable_grad(), preserved(self.forward_func, *self.chart.modules()):
+        chart = self.chart
+        with torch.enable_grad(), preserved(self.forward_func, *chart.modules()):
             check_module_mode(self.forward_func, "classifier")
-            for module in self.chart.modules():
-                check_module_mode(module, f"{self.chart.name} model", forbid_training=self.chart_needs_eval)
-            self.chart.check(x)
-            start = self.chart.encode(x).detach()
+            for module in chart.modules():
+                check_module_mode(module, f"{chart.name} model", forbid_training=chart.needs_eval)
+            chart.check(x)
+            coords = chart.start(x, progress=progress)
+            start = coords.start.detach()
             with torch.no_grad():
-                reconstruction = self.chart.decode(start)
+                reconstruction = coords.decode(start)
             if reconstruction.shape != x.shape:
                 raise ValueError(
-                    f"the {self.chart.name} model decodes to shape {tuple(reconstruction.shape[1:])} "
+                    f"the {chart.name} model decodes to shape {tuple(reconstruction.shape[1:])} "
                     f"but the inputs have shape {tuple(x.shape[1:])}"
                 )
             error = rms(reconstruction, x)
-            info = self.chart.check_reconstruction(error)
+            info = {**coords.info, **chart.check_reconstruction(error)}
             if callable(getattr(objective, "record", None)):
                 info = {**info, **objective.record(x.shape[0], x.device)}
             out = search(
                 self.forward_func,
-                self.chart.decode,
+                coords.decode,
                 start,
                 objective,
-                steps=self.chart.steps if steps is None else int(steps),
-                lr=self.chart.lr if lr is None else float(lr),
-                update=self.chart.update,
+                steps=chart.steps if steps is None else steps,
+                lr=chart.lr if lr is None else lr,
+                update=chart.update if update is None else update,
                 additional_forward_args=additional_forward_args,
-                project=self.chart.project,
+                project=coords.project,
                 progress=progress,
                 description=f"{self.method} counterfactuals",
             )

@@ -6,9 +6,9 @@ from typing import Any, Callable, Optional
 
 from torch import Tensor
 
+from xcf._typing import OutputKind
 from xcf.charts.flow import FlowChart
 from xcf.explain.base import CounterfactualExplainer
-from xcf.objectives import OutputKind
 
 __all__ = ["DiffeomorphicCounterfactual"]
 
@@ -27,25 +27,33 @@ class DiffeomorphicCounterfactual(CounterfactualExplainer):
             or any object with ``encode(x) -> z`` and ``decode(z) -> x``.  Must be in eval mode.
         output: ``"logits"`` (default), ``"probs"`` or ``"log_probs"``.
         event_shape: sample shape the flow expects (``None``: the input's shape, else flattened).
-        recon_tol: largest acceptable RMS reconstruction error of the flow.
+        max_recon_error: largest acceptable RMS reconstruction error of the flow (worse is refused).
+        recon_tol: deprecated name of ``max_recon_error``.
 
     Example:
-        >>> explainer = DiffeomorphicCounterfactual(classifier, flow)     # doctest: +SKIP
-        >>> delta = explainer.attribute(x, target=3)                      # doctest: +SKIP
-        >>> result = explainer.counterfactual(x, target=3, confidence=0.99)  # doctest: +SKIP
-        >>> result.success.float().mean()                                 # doctest: +SKIP
+        >>> from xcf.models.flows import realnvp_flow
+        >>> flow = realnvp_flow((1, 4, 4), levels=256, hidden=8, blocks_per_scale=1, scales=1).eval()
+        >>> clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+        >>> explainer = DiffeomorphicCounterfactual(clf, flow)
+        >>> x = torch.rand(3, 1, 4, 4) * 0.8 + 0.1
+        >>> delta = explainer.attribute(x, target=2)                          # x' - x, Captum-style
+        >>> result = explainer.counterfactual(x, target=2, confidence=0.9)
+        >>> delta.shape, result.method, bool((result.score[result.success] >= 0.9).all())
+        (torch.Size([3, 1, 4, 4]), 'diffeomorphic', True)
     """
 
     method = "diffeomorphic"
-    chart_needs_eval = True
 
     def __init__(
         self,
         forward_func: Callable[..., Tensor],
         flow: Any,
+        *,
         output: OutputKind = "logits",
         event_shape: Optional[tuple[int, ...]] = None,
-        recon_tol: float = 1e-3,
+        max_recon_error: float = 1e-3,
+        recon_tol: Optional[float] = None,
     ):
-        super().__init__(forward_func, FlowChart(flow, event_shape=event_shape, recon_tol=recon_tol), output)
+        chart = FlowChart(flow, event_shape=event_shape, max_recon_error=max_recon_error, recon_tol=recon_tol)
+        super().__init__(forward_func, chart, output=output)
         self.flow = flow

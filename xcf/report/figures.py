@@ -7,19 +7,21 @@ global pyplot state), so they work headless and inside notebooks alike.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
 
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from xcf.search import CounterfactualResult  # noqa: E402
+from xcf.result import CounterfactualResult
 
 __all__ = ["method_grid", "comparison_grid", "mean_map_figure", "save_figure", "image_of"]
+
+
+def figure_grid(rows: int, cols: int, figsize: tuple[float, float]) -> tuple[Figure, Any]:
+    """A figure with a ``rows x cols`` array of axes, made without pyplot (no global state, no backend)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, cols, squeeze=False)
 
 
 def image_of(x: Tensor):
@@ -72,7 +74,7 @@ def method_grid(
     probs_c = _predict(classifier, result.counterfactual[:n])
     diff = result.difference[:n]
     scale = float(diff.abs().max()) or 1.0
-    fig, axes = plt.subplots(n, 4, figsize=(4 * 1.6, n * 1.7), squeeze=False)
+    fig, axes = figure_grid(n, 4, (4 * 1.6, n * 1.7))
     for i in range(n):
         ok = bool(result.success[i])
         tgt = int(result.target[i])
@@ -106,7 +108,7 @@ def comparison_grid(
         if not torch.equal(results[name].inputs[:n], first.inputs[:n]):
             raise ValueError(f"results {names[0]!r} and {name!r} explain different inputs")
     cols = 1 + 2 * len(names)
-    fig, axes = plt.subplots(n, cols, figsize=(cols * 1.45, n * 1.6), squeeze=False)
+    fig, axes = figure_grid(n, cols, (cols * 1.45, n * 1.6))
     probs_x = _predict(classifier, first.inputs[:n])
     scale = max(float(r.difference[:n].abs().max()) for r in results.values()) or 1.0
     for i in range(n):
@@ -132,7 +134,7 @@ def mean_map_figure(maps: Mapping[str, Mapping[int, Tensor]], class_names: Optio
     classes = sorted({k for m in maps.values() for k in m})
     if not names or not classes:
         raise ValueError("mean_map_figure needs at least one method with one class")
-    fig, axes = plt.subplots(len(names), len(classes), figsize=(len(classes) * 1.3, len(names) * 1.45), squeeze=False)
+    fig, axes = figure_grid(len(names), len(classes), (len(classes) * 1.3, len(names) * 1.45))
     for i, name in enumerate(names):
         scale = max(float(m.abs().max()) for m in maps[name].values()) or 1.0
         for j, k in enumerate(classes):
@@ -165,5 +167,4 @@ def save_figure(fig: Figure, path: str | Path, formats: Sequence[str] = ("png",)
         target = path.with_name(f"{path.name}.{fmt}")
         fig.savefig(target, dpi=dpi, bbox_inches="tight")
         written.append(target)
-    plt.close(fig)
     return written

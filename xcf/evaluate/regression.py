@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from xcf._validation import check_inputs, check_module_mode, preserved
-from xcf.search import CounterfactualResult
+from xcf.result import CounterfactualResult
 
 __all__ = ["knn_target_mean", "regression_metrics"]
 
@@ -125,9 +125,9 @@ def regression_metrics(
         >>> from xcf.objectives import ScalarTarget
         >>> model = torch.nn.Linear(2, 1)
         >>> res = CounterfactualExplainer(model, PixelChart(None)).counterfactual(
-        ...     torch.zeros(3, 2), objective=ScalarTarget(5.0), lr=0.1)   # doctest: +SKIP
-        >>> regression_metrics(res, model)["validity"]                     # doctest: +SKIP
-        tensor([1., 1., 1.])
+        ...     torch.zeros(3, 2), objective=ScalarTarget(5.0), lr=0.1)
+        >>> bool(regression_metrics(res, model)["validity"].all())
+        True
     """
     if not isinstance(result, CounterfactualResult):
         raise TypeError(f"result must be a CounterfactualResult, got {type(result).__name__}")

@@ -15,10 +15,10 @@ import json
 import sys
 from typing import Optional, Sequence
 
+from xcf.apps.methods import METHODS
+
 __all__ = ["main", "build_parser"]
 
-#: kept here (not imported) so that `xcf --help` does not import torch
-METHODS = ("diffeomorphic", "approximate (GAN)", "approximate (VAE)", "adversarial")
 
 
 def _threads(args: argparse.Namespace) -> None:
@@ -29,12 +29,10 @@ def _threads(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from xcf.report.demo import run_demo
+    from xcf.apps.demo import run_demo
 
     _threads(args)
-    methods = None
-    if getattr(args, "methods", None):
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = args.methods.split(",") if args.methods is not None else None
     summary = run_demo(
         out_dir=args.out,
         cache_dir=args.cache,
@@ -53,10 +51,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from xcf.report.dataset_audit import run_audit
+    from xcf.apps.audit import run_audit
 
     _threads(args)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    methods = args.methods.split(",") if args.methods is not None else None
     outcome = run_audit(
         args.out, data=args.data, n=args.images, batch_size=args.batch_size, steps=args.steps, seed=args.seed,
         target_shift=args.target_shift, methods=methods, classifier_file=args.classifier, flow_kind=args.flow,
@@ -79,7 +77,7 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _extrapolate(args: argparse.Namespace) -> int:
-    from xcf.report.extrapolation import run_extrapolation_demo
+    from xcf.apps.extrapolate import run_extrapolation_demo
 
     _threads(args)
     summary = run_extrapolation_demo(args.out, cache_dir=args.cache, knowledge=args.knowledge, steps=args.steps,
@@ -142,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from xcf.store import StoreError, StoreWriteError
+    from xcf.scale.store import StoreError, StoreWriteError
 
     try:
         return args.func(args)

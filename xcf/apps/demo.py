@@ -11,7 +11,6 @@ report to the output directory.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -19,15 +18,15 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from xcf.charts.generator import invert
-from xcf.charts.pixel import PixelChart
-from xcf.cleverhans import region_mask, stamp
+from xcf._io import format_number
+from xcf.apps.audit import CleverHansCheck, audit
+from xcf.apps.methods import METHODS, build_explainers, check_methods, flow_nll
+from xcf.charts import PixelChart, invert
 from xcf.datasets import load_digits
-from xcf.explain.adversarial import AdversarialCounterfactual
-from xcf.explain.approximate import ApproximateCounterfactual
-from xcf.explain.base import CounterfactualExplainer
-from xcf.explain.diffeomorphic import DiffeomorphicCounterfactual
-from xcf.geometry import on_manifold_fraction, tangent_space
+from xcf.evaluate.cleverhans import region_mask, stamp
+from xcf.evaluate.manifold import on_manifold_fraction, tangent_space
+from xcf.evaluate.quality import frechet_distance
+from xcf.explain import CounterfactualExplainer, DiffeomorphicCounterfactual
 from xcf.models.classifier import (
     DIGITS_CLASSIFIER_CONFIG,
     DigitsCNN,
@@ -40,15 +39,10 @@ from xcf.models.flows import bits_per_dim, digits_flow
 from xcf.models.gan import digits_gan
 from xcf.models.io import QUICK, cached_model, load_state, merged
 from xcf.models.vae import digits_vae
-from xcf.quality import frechet_distance
-from xcf.report.audit import CleverHansCheck, audit
 from xcf.report.figures import method_grid, save_figure
 from xcf.report.html import check_writable
 
 __all__ = ["run_demo", "watermark_classifier", "load_classifier", "METHODS", "WATERMARK"]
-
-#: the explainers the demo and ``xcf audit`` run
-METHODS = ("diffeomorphic", "approximate (GAN)", "approximate (VAE)", "adversarial")
 
 #: the Clever-Hans setting of the demo: a 2x2 bright square in the top-left corner of every training 7
 WATERMARK: dict[str, Any] = {"target_class": 7, "pattern": "square", "position": (0, 0), "rate": 1.0}
@@ -80,10 +74,6 @@ def load_classifier(path: str | Path) -> DigitsCNN:
     model = DigitsCNN(**config.get("model", config))
     model.load_state_dict(payload["state_dict"])
     return model.eval()
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def _median_steps(steps: Tensor, ok: Tensor) -> Optional[float]:
@@ -121,11 +111,8 @@ def run_demo(
     Returns:
         The metrics summary (also written as JSON and Markdown).
     """
-    unknown = sorted(set(methods or ()) - set(METHODS))
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    methods = check_methods(methods)
     t_start = time.perf_counter()
-    torch.manual_seed(seed)
     out = check_writable(out_dir)
     q = QUICK if quick else {}
 
@@ -143,26 +130,11 @@ def run_demo(
     x_test, y_test = load_digits("test")
     x, y = x_test[:n], y_test[:n]
     target = (y + 3) % 10
+    explainers = build_explainers(classifier, methods, flow=flow, gan=gan, vae=vae, seed=seed)
 
-    explainers = {
-        "diffeomorphic": DiffeomorphicCounterfactual(classifier, flow),
-        "approximate (GAN)": ApproximateCounterfactual(classifier, gan, (gan.latent_dim,), seed=seed),
-        "approximate (VAE)": ApproximateCounterfactual(classifier, vae.decoder, (vae.latent_dim,),
-                                                       encoder=vae.encode, restarts=1, seed=seed),
-        "adversarial": AdversarialCounterfactual(classifier),
-    }
-    if methods:
-        explainers = {name: e for name, e in explainers.items() if name in methods}
-    results = {name: e.counterfactual(x, target, steps=steps, progress=progress) for name, e in explainers.items()}
-
-    # Realism: flow bits/dim (deterministic dequantisation, the same for real digits and counterfactuals).
-    dims = x[0].numel()
-    nll_fn = lambda v: bits_per_dim(flow, v, dequantize=False) * dims * math.log(2)  # noqa: E731
-    # On-manifold share: the GAN's tangent space at the inverted code of each input.
-    z0 = (results["approximate (GAN)"].latent_start if "approximate (GAN)" in results
-          else invert(gan, x, (gan.latent_dim,), seed=seed).z)
-    basis = tangent_space(gan, z0).basis
-    on_manifold_fn = lambda r: on_manifold_fraction(r.difference.flatten(1), basis)  # noqa: E731
+    # On-manifold share: the GAN's tangent space at the inverted code of each input (deterministic per input).
+    basis = tangent_space(gan, invert(gan, x, (gan.latent_dim,), seed=seed).z).basis
+    on_manifold_fn = lambda r: on_manifold_fraction(r.difference.flatten(1), basis[r.info["index"]])  # noqa: E731
 
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -192,9 +164,12 @@ def run_demo(
         "targets": "(y + 3) mod 10",
         "step budget": steps,
     }
-    outcome = audit(classifier, (x_train, y_train), x, target, explainers, out, steps=steps, nll_fn=nll_fn,
-                    on_manifold_fn=on_manifold_fn, quality=quality, clever_hans=checks, summary=summary_models,
-                    results=results, title="xcf audit — digits demo")
+    outcome = audit(classifier, x, target, explainers, out, train=(x_train, y_train), steps=steps,
+                    nll_fn=flow_nll(flow, x.shape[1:]), on_manifold_fn=on_manifold_fn, quality=quality,
+                    clever_hans=checks, summary=summary_models, title="xcf audit — digits demo",
+                    batch_size=max(n, 1), seed=seed, overwrite=True, config={"data": f"digits-test[:{n}]"},
+                    progress=progress)
+    results = outcome.results
 
     nll_real = bits_per_dim(flow, x_test, dequantize=False)
     summary: dict[str, Any] = {
@@ -235,11 +210,11 @@ def run_demo(
         if isinstance(value, dict):
             for k2, v2 in value.items():
                 if isinstance(v2, dict):
-                    lines += [f"| {key}.{k2}.{k3} | {_fmt(v3)} |" for k3, v3 in v2.items()]
+                    lines += [f"| {key}.{k2}.{k3} | {format_number(v3, 4)} |" for k3, v3 in v2.items()]
                 else:
-                    lines.append(f"| {key}.{k2} | {_fmt(v2)} |")
+                    lines.append(f"| {key}.{k2} | {format_number(v2, 4)} |")
         else:
-            lines.append(f"| {key} | {_fmt(value)} |")
+            lines.append(f"| {key} | {format_number(value, 4)} |")
     lines += ["", "## Metrics table", "", outcome.table.to_markdown()]
     (out / "metrics.md").write_text("\n".join(lines) + "\n")
     return summary

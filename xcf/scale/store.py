@@ -16,8 +16,8 @@ data set has none) and, for each method ``m`` (its slug, see the manifest's ``me
 one ``m/<metric>`` per column of :func:`xcf.validate.counterfactual_metrics`.  ``timing/<phase>`` holds
 the seconds the batch spent per phase (not part of the results)::
 
-    >>> z = np.load("xcf-audit/store/shards/batch-000000.npz")              # doctest: +SKIP
-    >>> z["diffeomorphic/success"].mean(), z["diffeomorphic/counterfactual"].shape  # doctest: +SKIP
+    z = np.load("xcf-audit/store/shards/batch-000000.npz")
+    z["diffeomorphic/success"].mean(), z["diffeomorphic/counterfactual"].shape
 
 **Finished means renamed.**  A shard is written to a temporary name in the same folder, flushed and
 ``fsync``-ed, then renamed into place with :func:`os.replace` (atomic on POSIX and Windows).  A file with
@@ -39,11 +39,14 @@ import os
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Optional
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from xcf._io import TMP_PREFIX, atomic_write, fingerprint_modules, fingerprint_tensors, slug
+from xcf._io import (
+    TMP_PREFIX,
+    atomic_write,
+)
 
 __all__ = [
     "FORMAT",
@@ -91,10 +94,11 @@ class ShardStore:
             processes may be writing to the store at the same time.
 
     Example:
-        >>> store = ShardStore(tmp / "store", {"steps": 100}, num_batches=3)    # doctest: +SKIP
-        >>> store.write(0, {"index": np.arange(8), ...})                        # doctest: +SKIP
-        >>> store.finished()                                                     # doctest: +SKIP
-        {0}
+        >>> import pathlib, tempfile
+        >>> store = ShardStore(pathlib.Path(tempfile.mkdtemp()) / "store", {"steps": 100}, num_batches=3)
+        >>> _ = store.write(0, {"index": np.arange(8)})
+        >>> store.finished(), store.missing()
+        ({0}, [1, 2])
     """
 
     def __init__(self, root: str | os.PathLike, config: Mapping[str, Any], num_batches: int,

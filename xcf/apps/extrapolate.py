@@ -20,16 +20,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor, nn
 
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-
-from xcf.extrapolate import ExtrapolationHistory, KnowledgeExtrapolation  # noqa: E402
-from xcf.report.figures import image_of, save_figure  # noqa: E402
+from xcf.extrapolate import ExtrapolationHistory, KnowledgeExtrapolation
+from xcf.report.figures import figure_grid, image_of, save_figure
 
 __all__ = ["run_extrapolation_demo", "match_plain_step", "extrapolation_figure"]
 
@@ -103,7 +99,7 @@ def extrapolation_figure(
     for name, x in edited.items():
         rows += [(name, x), (f"{name} − before", x - before)]
     n = before.shape[0]
-    fig, axes = plt.subplots(len(rows), n, figsize=(n * 1.05, len(rows) * 1.25), squeeze=False)
+    fig, axes = figure_grid(len(rows), n, (n * 1.05, len(rows) * 1.25))
     scale = max(float((x - before).abs().max()) for x in edited.values()) or 1.0
     for r, (name, x) in enumerate(rows):
         is_diff = "−" in name

@@ -1,0 +1,385 @@
+"""The one audit pipeline: explain a data set with several methods, judge, write one report.
+
+:func:`audit` is the Python entry point behind ``xcf audit`` and the end of ``xcf demo``.  It streams the
+data (a tensor or any map-style data set) through :func:`xcf.scale.stream.stream_audit` into
+``out_dir/store`` (resumable, shardable over ``torchrun`` ranks), reduces the store in one pass
+(:func:`xcf.scale.summary.summarise_store`), runs the Clever-Hans checks it is given and renders
+``report.html`` (:func:`xcf.report.sections.audit_report`), ``summary.json`` and ``metrics.csv``.  An
+in-memory audit is the same streaming audit over an in-memory data set: there is no second pipeline.
+
+:func:`run_audit` is ``xcf audit`` on the digits reference models.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, TensorDataset
+
+from xcf._io import atomic_write, fingerprint_modules
+from xcf._validation import as_target_tensor, check_inputs
+from xcf.apps.methods import build_explainers, check_methods, flow_nll
+from xcf.datasets import ShiftedImages, load_digits
+from xcf.evaluate.cleverhans import AuditVerdict, audit_maps
+from xcf.evaluate.maps import compare_attributions
+from xcf.evaluate.metrics import MetricsTable
+from xcf.models.classifier import digits_classifier
+from xcf.models.flows import digits_flow
+from xcf.models.gan import digits_gan
+from xcf.models.io import QUICK
+from xcf.models.vae import digits_vae
+from xcf.report.html import check_writable
+from xcf.report.sections import CleverHansSection, audit_report
+from xcf.result import CounterfactualResult
+from xcf.scale.distributed import DistContext, init_distributed
+from xcf.scale.precision import accelerate
+from xcf.scale.store import ShardStore
+from xcf.scale.stream import StreamOutcome, TargetRule, shift_target, stream_audit
+from xcf.scale.summary import StoreSummary, load_results, summarise_store
+
+__all__ = ["DATASETS", "AuditOutcome", "CleverHansCheck", "audit", "clever_hans_check", "digits_dataset", "run_audit"]
+
+#: data sets ``xcf audit --data`` knows
+DATASETS = ("digits-test", "digits-all", "digits-shifted")
+
+
+@dataclass
+class CleverHansCheck:
+    """A suspected shortcut: explanations toward ``target_class`` should not concentrate in ``region``.
+
+    Attributes:
+        name: what is audited (e.g. ``"shortcut classifier"``).
+        classifier: the classifier to audit.
+        explainers: ``{name: explainer or map source}`` as accepted by :func:`xcf.evaluate.cleverhans.audit_maps`.
+        x: inputs of *other* classes, explained toward ``target_class``.
+        target_class: the suspected class.
+        region: bool mask of the suspected pattern.
+    """
+
+    name: str
+    classifier: Callable[[Tensor], Tensor]
+    explainers: Mapping[str, Any]
+    x: Tensor
+    target_class: int
+    region: Tensor
+
+
+def clever_hans_check(check: CleverHansCheck, steps: Optional[int] = None) -> tuple[dict[str, AuditVerdict], dict[str, Tensor]]:
+    """Saliency, Integrated Gradients and each explainer of ``check``, audited on ``check.region``.
+
+    Returns:
+        ``({explanation: verdict}, {explanation: maps})``.
+    """
+    kwargs = {"steps": steps} if steps is not None else None
+    maps = compare_attributions(check.classifier, check.x, check.target_class, dict(check.explainers),
+                                explainer_kwargs=kwargs)
+    return audit_maps(maps, check.x, check.target_class, check.region), maps
+
+
+@dataclass
+class AuditOutcome:
+    """What :func:`audit` produced (on rank 0; other ranks get ``store`` and their ``stream`` only).
+
+    Attributes:
+        store: the shard store under ``out_dir/store``.
+        stream: what the batch loop of this process did (computed / skipped batches, timing).
+        table: metric means per method over every input (``None`` until the store is complete).
+        results: ``{method: CounterfactualResult}`` over the whole data set when ``keep_results``.
+        clever_hans: ``{check name: {explanation: verdict}}``.
+        report: path of ``report.html`` (``None`` until the store is complete).
+        summary: plain values written to ``summary.json``.
+    """
+
+    store: ShardStore
+    stream: StreamOutcome
+    table: Optional[MetricsTable] = None
+    results: dict[str, CounterfactualResult] = field(default_factory=dict)
+    clever_hans: dict[str, dict[str, AuditVerdict]] = field(default_factory=dict)
+    report: Optional[Path] = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    # the batch loop's record, read through (outcome.computed, outcome.skipped, outcome.timing)
+    @property
+    def computed(self) -> list[int]:
+        return self.stream.computed
+
+    @property
+    def skipped(self) -> list[int]:
+        return self.stream.skipped
+
+    @property
+    def timing(self) -> dict[str, float]:
+        return self.stream.timing
+
+
+def _as_dataset(data: Any, target: Any) -> tuple[Dataset, Any]:
+    """A tensor of inputs becomes a data set; a per-input target becomes a per-item target tensor."""
+    if isinstance(data, Tensor):
+        check_inputs(data, "data")
+        n = data.shape[0]
+        if not isinstance(target, int) and not callable(target):
+            target = as_target_tensor(target, n, torch.device("cpu"))
+        return TensorDataset(data.detach().cpu()), target
+    return data, target
+
+
+def audit(
+    classifier: Callable[[Tensor], Tensor],
+    data: Tensor | Dataset,
+    target: TargetRule,
+    explainers: Mapping[str, Any],
+    out_dir: str | Path,
+    *,
+    train: Optional[tuple[Tensor, Tensor]] = None,
+    steps: Optional[int] = None,
+    nll_fn: Optional[Callable[[Tensor], Tensor]] = None,
+    on_manifold_fn: Optional[Callable[[CounterfactualResult], Tensor]] = None,
+    quality: Optional[Mapping[str, float]] = None,
+    clever_hans: Sequence[CleverHansCheck] = (),
+    summary: Optional[Mapping[str, Any]] = None,
+    class_names: Optional[Sequence[str]] = None,
+    title: str = "xcf audit",
+    batch_size: int = 100,
+    seed: int = 0,
+    config: Optional[Mapping[str, Any]] = None,
+    overwrite: bool = False,
+    keep_results: Optional[bool] = None,
+    device: Optional[torch.device | str] = None,
+    num_workers: int = 0,
+    dist: Optional[DistContext] = None,
+    max_batches: Optional[int] = None,
+    progress: bool = False,
+) -> AuditOutcome:
+    """Explain ``data`` toward ``target`` with every explainer, judge the results and write the report.
+
+    Args:
+        classifier: the audited classifier (logits), in eval mode.
+        data: ``(N, ...)`` inputs, or a map-style data set yielding ``x`` or ``(x, label)``.
+        target: a class for all inputs, one class per input (int list or tensor), or a rule
+            ``target(x, y) -> classes`` such as :func:`xcf.scale.stream.shift_target`.
+        explainers: ``{method name: explainer}`` with ``counterfactual(x, target, steps=...)``.
+        out_dir: where ``store/``, ``report.html``, ``summary.json``, ``metrics.csv`` and ``figures/`` go.
+        train: ``(x_train, y_train)``, the classifier's training data: the SVM and k-NN validators are
+            fitted on it.
+        steps: step budget per counterfactual (default: each explainer's own).
+        nll_fn: per-sample negative log-likelihood in nats (realism in bits/dim), e.g. from a flow.
+        on_manifold_fn: per-sample on-manifold share of ``x' - x`` (see :mod:`xcf.evaluate.geometry`); it
+            gets each batch's result, whose ``info["index"]`` holds the data-set positions.
+        quality: generator quality numbers to report (e.g. Fréchet distances).
+        clever_hans: shortcut checks to run and report.
+        summary: extra plain values for the data and model summary.
+        class_names: names of the classes for the figures.
+        title: the report's title.
+        batch_size: inputs per batch and shard.
+        seed: the run's seed (see :func:`~xcf.scale.stream.stream_audit`).
+        config: extra plain values that identify the run (a rerun under another one is refused).
+        overwrite: discard a previous store in ``out_dir`` instead of resuming it.
+        keep_results: return every result in memory (default: for tensor ``data``).
+        device, num_workers, dist, max_batches: see :func:`~xcf.scale.stream.stream_audit`.
+        progress: progress bars.
+
+    Returns:
+        An :class:`AuditOutcome`.
+
+    Example:
+        >>> import torch, tempfile, xcf
+        >>> clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+        >>> x = torch.rand(6, 1, 4, 4)
+        >>> out = audit(clf, x, 2, {"adversarial": xcf.AdversarialCounterfactual(clf)}, tempfile.mkdtemp(),
+        ...             steps=30, train=(torch.rand(30, 1, 4, 4), torch.arange(30) % 3))
+        >>> out.report.name, len(out.results["adversarial"])
+        ('report.html', 6)
+    """
+    out = check_writable(out_dir)
+    keep = isinstance(data, Tensor) if keep_results is None else bool(keep_results)
+    dataset, target = _as_dataset(data, target)
+    own_dist = dist is None
+    dist = dist if dist is not None else init_distributed()
+    try:
+        stream = stream_audit(classifier, dataset, target, explainers, out, train=train, nll_fn=nll_fn,
+                              on_manifold_fn=on_manifold_fn, batch_size=batch_size, steps=steps, seed=seed,
+                              num_workers=num_workers, config=config, overwrite=overwrite, device=device,
+                              progress=progress, dist=dist, max_batches=max_batches, collect=keep)
+        outcome = AuditOutcome(stream.store, stream)
+        if dist.rank != 0:
+            return outcome
+        store = stream.store
+        if store.missing():
+            outcome.summary = {"finished_batches": store.num_batches - len(store.missing()),
+                               "num_batches": store.num_batches, "complete": False}
+            return outcome
+        reduced = summarise_store(store, list(explainers), world_size=dist.world_size)
+        if keep:
+            outcome.results = _results(stream, store, list(explainers))
+        _report(outcome, reduced, out, classifier, steps, quality, clever_hans, summary, class_names, title)
+        return outcome
+    finally:
+        if own_dist:
+            dist.close()
+
+
+def _results(stream: StreamOutcome, store: ShardStore, names: list[str]) -> dict[str, CounterfactualResult]:
+    """Results computed in this call, in batch order; batches finished by an earlier call read from the store."""
+    if stream.skipped or len(stream.computed) != store.num_batches:
+        return load_results(store, names)
+    return {m: CounterfactualResult.concat([r for _, r in sorted(stream.results[m], key=lambda p: p[0])])
+            for m in names}
+
+
+def _report(outcome: AuditOutcome, reduced: StoreSummary, out: Path, classifier: Any, steps: Optional[int],
+            quality: Optional[Mapping[str, float]], clever_hans: Sequence[CleverHansCheck],
+            summary: Optional[Mapping[str, Any]], class_names: Optional[Sequence[str]], title: str) -> None:
+    cfg = reduced.config
+    info = {"inputs explained": reduced.images, "input shape": tuple(cfg.get("sample_shape", ())),
+            "batches": outcome.store.num_batches, "batch size": cfg.get("batch_size"), "targets": cfg.get("target"),
+            "step budget": cfg.get("steps"), "seed": cfg.get("seed"), "store": str(outcome.store.root)}
+    info.update({k: v for k, v in cfg.items() if k in ("data", "classifier", "flow", "precision", "compile")})
+    info.update(dict(summary or {}))
+    checked = {check.name: clever_hans_check(check, steps) for check in clever_hans}
+    sections = [CleverHansSection(c.name, c.target_class, checked[c.name][0], c.x, checked[c.name][1])
+                for c in clever_hans]
+    report = audit_report(title, info, reduced.table, reduced.first, reduced.mean_maps, classifier=classifier,
+                          class_names=class_names, quality=quality, timing=reduced.timing,
+                          non_finite=reduced.non_finite, clever_hans=sections)
+    outcome.report = report.write(out)
+    outcome.table = reduced.table
+    outcome.clever_hans = {name: verdicts for name, (verdicts, _) in checked.items()}
+    plain = reduced.to_dict(outcome.store)
+    plain["quality"] = dict(quality or {})
+    plain["clever_hans"] = {c: {m: v.to_dict() for m, v in vs.items()} for c, vs in outcome.clever_hans.items()}
+    plain.update({k: v for k, v in (summary or {}).items() if isinstance(v, (int, float, str, bool))})
+    outcome.summary = plain
+    text = json.dumps(plain, indent=2, default=str)
+    atomic_write(out / "summary.json", lambda fh: fh.write(text.encode()))
+    csv = reduced.table.to_csv()
+    atomic_write(out / "metrics.csv", lambda fh: fh.write(csv.encode()))
+
+
+def digits_dataset(name: str, n: Optional[int] = None) -> torch.utils.data.Dataset:
+    """``digits-test`` (450), ``digits-all`` (1,797) or ``digits-shifted`` (test digits under nine one-pixel
+    shifts, any size), optionally cut to the first ``n`` items."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; choose from {list(DATASETS)}")
+    x, y = load_digits("all" if name == "digits-all" else "test")
+    if name == "digits-shifted":
+        return ShiftedImages(x, y, n)
+    if n is not None:
+        if n > x.shape[0]:
+            raise ValueError(f"{n} images asked for, but {name} has {x.shape[0]}; use digits-shifted for more")
+        x, y = x[:n], y[:n]
+    return torch.utils.data.TensorDataset(x, y)
+
+
+def _device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda but CUDA is not available")
+        return torch.device(f"cuda:{local_rank}")
+    if name != "cpu":
+        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
+    return torch.device("cpu")
+
+
+def run_audit(
+    out_dir: str | Path = "xcf-audit",
+    *,
+    data: str = "digits-test",
+    n: Optional[int] = None,
+    batch_size: int = 100,
+    steps: int = 1000,
+    seed: int = 0,
+    target_shift: int = 3,
+    methods: Optional[Sequence[str]] = None,
+    classifier_file: Optional[str | Path] = None,
+    flow_kind: str = "realnvp",
+    cache_dir: Optional[str | Path] = None,
+    quick: bool = False,
+    num_workers: int = 0,
+    overwrite: bool = False,
+    precision: str = "fp32",
+    compile: bool = False,
+    device: str = "auto",
+    max_batches: Optional[int] = None,
+    progress: bool = True,
+) -> AuditOutcome:
+    """Audit a digits classifier over a whole data set, resumably (the engine of ``xcf audit``).
+
+    Args:
+        out_dir: output folder (``store/`` with the shards, ``report.html``, ``summary.json``, ``metrics.csv``).
+        data: one of :data:`DATASETS`.
+        n: number of items (default: the whole data set; ``digits-shifted`` defaults to 9 x 450).
+        batch_size: inputs per batch and shard.
+        steps: step budget per counterfactual.
+        seed: the run's seed (models' inversion starts, per-batch seeds).
+        target_shift: targets are ``(y + target_shift) mod 10``.
+        methods: subset of :data:`xcf.apps.demo.METHODS` (default: all).
+        classifier_file: audit this :class:`~xcf.models.classifier.DigitsCNN` file instead of the reference.
+        flow_kind: ``"realnvp"`` or ``"glow"``.
+        cache_dir: the model cache.
+        quick: tiny training budgets (a smoke test; numbers meaningless).
+        num_workers: DataLoader workers.
+        overwrite: discard a previous store in ``out_dir`` instead of resuming it.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the classifier (see :func:`xcf.stream.accelerate`).
+        compile: ``torch.compile`` the classifier.
+        device: ``"auto"`` (CUDA GPU ``LOCAL_RANK`` when available), ``"cpu"`` or ``"cuda"``.
+        max_batches: compute at most this many new batches per process, then stop (resume later).
+        progress: a progress bar on rank 0.
+    """
+    methods = check_methods(methods)
+    dataset = digits_dataset(data, n)
+    t0 = time.perf_counter()
+    dist = init_distributed()
+    try:
+        dev = _device(device, dist.local_rank)
+        q = QUICK if quick else {}
+        # Rank 0 trains whatever the cache lacks; the others wait, then load the same files.
+        if dist.rank != 0:
+            dist.barrier()
+        classifier, _ = digits_classifier(cache_dir=cache_dir, progress=progress and dist.rank == 0,
+                                          overrides=q.get("classifier"))
+        if classifier_file is not None:
+            from xcf.apps.demo import load_classifier  # TEMP until models.zoo lands
+
+            classifier = load_classifier(classifier_file)
+        flow, _ = digits_flow(kind=flow_kind, cache_dir=cache_dir, progress=progress and dist.rank == 0,
+                              overrides=q.get("flow"))
+        gan = vae = None
+        if "approximate (GAN)" in methods:
+            gan, _ = digits_gan(cache_dir=cache_dir, progress=progress and dist.rank == 0, overrides=q.get("gan"))
+        if "approximate (VAE)" in methods:
+            vae, _ = digits_vae(cache_dir=cache_dir, progress=progress and dist.rank == 0, overrides=q.get("vae"))
+        if dist.rank == 0:
+            dist.barrier()
+        models_s = time.perf_counter() - t0
+
+        classifier, flow = classifier.to(dev).eval(), flow.to(dev).eval()
+        fast = accelerate(classifier, precision, compile)
+        gan = gan.to(dev).eval() if gan is not None else None
+        vae = vae.to(dev).eval() if vae is not None else None
+        explainers = build_explainers(fast, methods, flow=flow, gan=gan, vae=vae, seed=seed)
+        config = {
+            "data": data,
+            "classifier": str(classifier_file) if classifier_file else "reference digits CNN",
+            "flow": flow_kind,
+            "quick": quick,
+            "precision": precision,
+            "compile": compile,
+            "realism_flow": fingerprint_modules(flow),
+        }
+        outcome = audit(
+            fast, dataset, shift_target(target_shift, 10), explainers, out_dir, train=load_digits("train"),
+            nll_fn=flow_nll(flow, dataset[0][0].shape), batch_size=batch_size, steps=steps, seed=seed, num_workers=num_workers, config=config,
+            overwrite=overwrite, device=dev, progress=progress, dist=dist, max_batches=max_batches,
+            title=f"xcf audit — {data}, {len(dataset)} images")
+        outcome.timing["models"] = models_s
+        return outcome
+    finally:
+        dist.close()

@@ -1,0 +1,80 @@
+"""The method list of the applications and the one place that turns it into explainers.
+
+``xcf demo`` and ``xcf audit`` compare the same four methods; both build them here, from the audited
+classifier and whichever generative models the methods need.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional, Sequence
+
+from torch import Tensor
+
+from xcf.explain import (
+    AdversarialCounterfactual,
+    ApproximateCounterfactual,
+    DiffeomorphicCounterfactual,
+)
+from xcf.models.flows import bits_per_dim
+
+__all__ = ["METHODS", "build_explainers", "check_methods", "flow_nll"]
+
+#: the methods of ``xcf demo`` and ``xcf audit``, in report order
+METHODS = ("diffeomorphic", "approximate (GAN)", "approximate (VAE)", "adversarial")
+
+
+def check_methods(methods: Optional[Sequence[str]]) -> list[str]:
+    """The chosen methods in report order (default: all); unknown or no names are refused."""
+    if methods is None:
+        return list(METHODS)
+    chosen = [m.strip() for m in methods if m.strip()]
+    unknown = sorted(set(chosen) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    if not chosen:
+        raise ValueError(f"no method chosen; choose from {list(METHODS)}")
+    return [m for m in METHODS if m in chosen]
+
+
+def build_explainers(
+    classifier: Callable[[Tensor], Tensor],
+    methods: Sequence[str],
+    *,
+    flow: Any = None,
+    gan: Any = None,
+    vae: Any = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """``{method: explainer}`` for ``methods`` (see :data:`METHODS`), each with the models it needs.
+
+    Args:
+        classifier: the audited classifier (logits).
+        methods: names from :data:`METHODS`.
+        flow: the normalizing flow of ``"diffeomorphic"``.
+        gan: the generator (with ``latent_dim``) of ``"approximate (GAN)"``.
+        vae: the VAE (``decoder``, ``encode``, ``latent_dim``) of ``"approximate (VAE)"``.
+        seed: seed of the inversion starts.
+    """
+    needs = {"diffeomorphic": ("flow", flow), "approximate (GAN)": ("gan", gan), "approximate (VAE)": ("vae", vae)}
+    explainers: dict[str, Any] = {}
+    for method in check_methods(methods):
+        role, model = needs.get(method, (None, None))
+        if role is not None and model is None:
+            raise ValueError(f"method {method!r} needs a {role}")
+        if method == "diffeomorphic":
+            explainers[method] = DiffeomorphicCounterfactual(classifier, flow)
+        elif method == "approximate (GAN)":
+            explainers[method] = ApproximateCounterfactual(classifier, gan, (gan.latent_dim,), seed=seed)
+        elif method == "approximate (VAE)":
+            explainers[method] = ApproximateCounterfactual(classifier, vae.decoder, (vae.latent_dim,),
+                                                           encoder=vae.encode, restarts=1, seed=seed)
+        else:
+            explainers[method] = AdversarialCounterfactual(classifier)
+    return explainers
+
+
+def flow_nll(flow: Any, sample_shape: Sequence[int]) -> Callable[[Tensor], Tensor]:
+    """Per-sample negative log-likelihood in nats under ``flow`` (deterministic dequantisation): realism."""
+    dims = math.prod(sample_shape)
+    return lambda v: bits_per_dim(flow, v, dequantize=False) * dims * math.log(2)

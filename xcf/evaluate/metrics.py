@@ -1,0 +1,309 @@
+"""The metrics of an audit, per counterfactual, and their table per method.
+
+The metrics  :func:`counterfactual_metrics` computes per sample (``delta = x' - x`` with ``D``
+entries):
+
+* ``success``: the search reached its objective (``result.success``);
+* ``validity``: the audited classifier predicts the target, ``argmax f(x') = k`` (recomputed);
+* ``l1 = sum |delta|``, ``l2 = sqrt(sum delta^2)`` (proximity);
+* ``sparsity``: share of entries with ``|delta| > tol`` (lower is sparser);
+* ``realism_bpd``: ``-log p(x') / (D ln 2)``, bits per dimension under a density model (a flow), or
+  ``realism_nn_l2``: ``min_{i: y_i = k} ||x' - x_i||_2``, the distance to the nearest training example
+  of the target class when no density is given;
+* ``on_manifold``: share of ``||delta||^2`` inside a tangent space of the data manifold (from a
+  user-supplied callable, e.g. built on :mod:`xcf.evaluate.geometry`);
+* ``reconstruction_error``: RMS of ``decode(encode(x)) - x`` (non-zero for approximate charts);
+* ``time_ms``: wall time per counterfactual, in milliseconds.
+
+:func:`compare` averages them per method into a :class:`MetricsTable`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping, Optional
+
+import torch
+from torch import Tensor
+
+from xcf._io import format_number
+from xcf._validation import check_module_mode, preserved
+from xcf.evaluate.validators import (
+    KNNValidator,
+    SVMValidator,
+    nearest_distance,
+)
+from xcf.result import CounterfactualResult
+
+__all__ = ["MetricsTable", "compare", "counterfactual_metrics"]
+
+
+#: column order of a :class:`MetricsTable` (columns that were not computed are left out)
+METRIC_COLUMNS: tuple[str, ...] = (
+    "success",
+    "validity",
+    "svm_transfer",
+    "knn_agreement",
+    "l1",
+    "l2",
+    "sparsity",
+    "realism_bpd",
+    "realism_nn_l2",
+    "on_manifold",
+    "reconstruction_error",
+    "time_ms",
+)
+
+# ------------------------------------------------------------------------------------------ metrics
+def _batched(fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int, role: str) -> Tensor:
+    outs = []
+    for start in range(0, x.shape[0], batch_size):
+        out = fn(x[start:start + batch_size])
+        if isinstance(out, tuple):
+            out = out[0]
+        if not isinstance(out, Tensor):
+            raise TypeError(f"the {role} must return a tensor, got {type(out).__name__}")
+        expected = min(batch_size, x.shape[0] - start)
+        if out.ndim == 0 or out.shape[0] != expected:
+            raise ValueError(
+                f"the {role} must return one value (or row) per sample; got shape {tuple(out.shape)} "
+                f"for {expected} samples"
+            )
+        outs.append(out.detach())
+    return torch.cat(outs)
+
+
+def counterfactual_metrics(
+    result: CounterfactualResult,
+    classifier: Optional[Callable[[Tensor], Tensor]] = None,
+    *,
+    svm: Optional[SVMValidator] = None,
+    knn: Optional[KNNValidator] = None,
+    nll_fn: Optional[Callable[[Tensor], Tensor]] = None,
+    flow: Any = None,
+    train: Optional[tuple[Any, Any]] = None,
+    on_manifold_fn: Optional[Callable[[CounterfactualResult], Tensor]] = None,
+    tol: float = 1e-2,
+    batch_size: int = 256,
+) -> dict[str, Tensor]:
+    """Per-sample metrics of a counterfactual result (see the module docstring for definitions).
+
+    Only the metrics whose ingredients are given are computed: ``validity`` needs ``classifier``,
+    ``svm_transfer`` needs ``svm``, ``knn_agreement`` needs ``knn``, ``realism_bpd`` needs ``nll_fn``
+    (or ``flow``), ``realism_nn_l2`` needs ``train`` (or a fitted ``knn``, whose training data is
+    used) and is computed only when no density is given, ``on_manifold`` needs ``on_manifold_fn``.
+
+    Args:
+        result: a :class:`~xcf.search.CounterfactualResult` with class targets.
+        classifier: the audited classifier (logits, probabilities or log-probabilities: only the argmax
+            is used); called in chunks under ``torch.no_grad``, its modules are left as found.
+        svm: a fitted :class:`SVMValidator`.
+        knn: a fitted :class:`KNNValidator`.
+        nll_fn: ``nll_fn(x) -> (N,)`` negative log-likelihood in nats of each sample under a density
+            model; reported as bits per dimension ``nll / (D ln 2)``.
+        flow: a density model with ``log_prob(x) -> (N,)`` (e.g. an :class:`nflows.flows.Flow`), used as
+            ``nll_fn = -flow.log_prob``; pass ``nll_fn`` instead if the flow needs preprocessing.
+        train: ``(train_x, train_y)`` for the nearest-neighbour realism fallback.
+        on_manifold_fn: ``on_manifold_fn(result) -> (N,)`` share of ``||x' - x||^2`` in the tangent
+            space (e.g. ``xcf.evaluate.geometry.on_manifold_fraction`` on the generator's tangent basis).
+        tol: an entry counts as changed for ``sparsity`` when ``|x' - x| > tol`` (input units).
+        batch_size: chunk size for model calls.
+
+    Returns:
+        ``{name: (N,) float tensor}`` in the order of :data:`METRIC_COLUMNS`.
+
+    Example:
+        >>> r = CounterfactualResult(inputs=torch.zeros(1, 4), counterfactual=torch.tensor([[0.5, -0.5, 0, 0]]),
+        ...     latent=torch.zeros(1, 4), latent_start=torch.zeros(1, 4), reconstruction=torch.zeros(1, 4),
+        ...     reconstruction_error=torch.zeros(1), target=torch.tensor([1]), success=torch.tensor([True]),
+        ...     steps=torch.tensor([3]), score=torch.tensor([0.99]), start_score=torch.tensor([0.1]),
+        ...     trace=torch.zeros(1, 4), wall_time=0.002)
+        >>> m = counterfactual_metrics(r)
+        >>> [round(float(m[k]), 4) for k in ("l1", "l2", "sparsity", "time_ms")]
+        [1.0, 0.7071, 0.5, 2.0]
+    """
+    if not isinstance(result, CounterfactualResult):
+        raise TypeError(f"result must be a CounterfactualResult, got {type(result).__name__}")
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if nll_fn is not None and flow is not None:
+        raise ValueError("give either nll_fn or flow, not both")
+    x, xc = result.inputs.detach(), result.counterfactual.detach()
+    if xc.shape != x.shape:
+        raise ValueError(f"counterfactual shape {tuple(xc.shape)} differs from inputs shape {tuple(x.shape)}")
+    n = len(result)
+    dtype = x.dtype if x.is_floating_point() else torch.float32
+    target = result.target
+    needs_target = classifier is not None or svm is not None or knn is not None or train is not None
+    if needs_target and bool((target < 0).any()):
+        raise ValueError("result.target has entries < 0 (a custom objective?): class metrics need class targets")
+
+    out: dict[str, Tensor] = {}
+    out["success"] = result.success.to(dtype)
+    if classifier is not None:
+        with torch.no_grad(), preserved(classifier):
+            check_module_mode(classifier, "classifier")
+            logits = _batched(classifier, xc, batch_size, "classifier")
+        if logits.ndim != 2 or logits.shape[0] != n:
+            raise ValueError(f"the classifier must return (N, classes) outputs, got shape {tuple(logits.shape)}")
+        if bool((target >= logits.shape[1]).any()):
+            raise ValueError(f"result.target exceeds the classifier's {logits.shape[1]} classes")
+        out["validity"] = (logits.argmax(dim=1) == target.to(logits.device)).to(dtype)
+    if svm is not None:
+        out["svm_transfer"] = svm.transfer(xc, target).to(dtype)
+    if knn is not None:
+        out["knn_agreement"] = knn.agreement(xc, target).to(dtype)
+    delta = (xc - x).flatten(1).to(dtype)
+    out["l1"] = delta.abs().sum(dim=1)
+    out["l2"] = delta.pow(2).sum(dim=1).sqrt()
+    out["sparsity"] = (delta.abs() > tol).to(dtype).mean(dim=1) if delta.shape[1] else delta.new_zeros(n)
+    if flow is not None:
+        if not callable(getattr(flow, "log_prob", None)):
+            raise TypeError("flow must have a log_prob(x) method; pass nll_fn for other density models")
+        nll_fn = lambda z: -flow.log_prob(z)  # noqa: E731
+    if nll_fn is not None:
+        with torch.no_grad(), preserved(flow if flow is not None else nll_fn):
+            nll = _batched(nll_fn, xc, batch_size, "nll_fn").to(dtype).reshape(-1)
+        if nll.shape[0] != n:
+            raise ValueError(f"nll_fn must return one value per sample ({n}), got {nll.shape[0]}")
+        out["realism_bpd"] = nll / (delta.shape[1] * math.log(2.0))
+    else:
+        if train is None and knn is not None:
+            train = (knn.train_x_, knn.train_y_)
+        if train is not None:
+            out["realism_nn_l2"] = nearest_distance(xc.to(dtype), train[0], train[1], target)
+    if on_manifold_fn is not None:
+        frac = on_manifold_fn(result)
+        if not isinstance(frac, Tensor) or frac.reshape(-1).shape[0] != n:
+            raise ValueError(f"on_manifold_fn must return a tensor with one value per sample ({n})")
+        out["on_manifold"] = frac.detach().reshape(-1).to(device=x.device, dtype=dtype)
+    out["reconstruction_error"] = result.reconstruction_error.detach().to(dtype).reshape(-1)
+    out["time_ms"] = torch.full((n,), 1000.0 * result.time_per_sample, dtype=dtype, device=x.device)
+    return {k: out[k] for k in METRIC_COLUMNS if k in out}
+
+
+# ------------------------------------------------------------------------------------------- table
+@dataclass
+class MetricsTable:
+    """Mean metrics per method: rows are methods, columns are metrics.
+
+    Attributes:
+        rows: ``{method: {metric: mean over samples}}`` (NaNs ignored in the mean).
+        counts: ``{method: number of samples averaged}``.
+        columns: metric order (union over rows, in :data:`METRIC_COLUMNS` order).
+
+    Example:
+        >>> t = MetricsTable({"pixel": {"validity": 1.0, "l2": 0.5}})
+        >>> print(t.to_markdown())
+        | method | n | validity | l2 |
+        |---|---|---|---|
+        | pixel | - | 1.000 | 0.500 |
+    """
+
+    rows: dict[str, dict[str, float]]
+    counts: dict[str, int] = field(default_factory=dict)
+    columns: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.columns:
+            seen = {c for r in self.rows.values() for c in r}
+            self.columns = [c for c in METRIC_COLUMNS if c in seen] + sorted(seen - set(METRIC_COLUMNS))
+
+    @classmethod
+    def from_metrics(
+        cls, metrics: Mapping[str, Mapping[str, Tensor]], *, mask: Optional[Mapping[str, Tensor]] = None
+    ) -> "MetricsTable":
+        """Average per-sample metrics (``{method: {metric: (N,) tensor}}``), optionally over a mask."""
+        rows, counts = {}, {}
+        for name, per_sample in metrics.items():
+            sel = None if mask is None else mask[name].bool()
+            row = {}
+            n = 0
+            for metric, values in per_sample.items():
+                v = values.detach().double().reshape(-1)
+                if sel is not None:
+                    v = v[sel.to(v.device)]
+                n = max(n, v.numel())
+                row[metric] = float(v.nanmean()) if v.numel() else float("nan")
+            rows[name], counts[name] = row, n
+        return cls(rows, counts)
+
+    def __getitem__(self, method: str) -> dict[str, float]:
+        return self.rows[method]
+
+    def to_dict(self) -> dict[str, dict[str, float]]:
+        """``{method: {"n": count, metric: mean, ...}}`` (plain floats, JSON-ready; NaN for missing)."""
+        out = {}
+        for name, row in self.rows.items():
+            d: dict[str, float] = {"n": self.counts[name]} if name in self.counts else {}
+            d.update({c: row.get(c, float("nan")) for c in self.columns})
+            out[name] = d
+        return out
+
+    def to_markdown(self, digits: int = 3) -> str:
+        """A GitHub-flavoured markdown table with numbers rounded for reading."""
+        head = ["method", "n"] + self.columns
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for name, row in self.rows.items():
+            cells = [name, format_number(self.counts[name]) if name in self.counts else "-"]
+            cells += [format_number(row.get(c, float("nan")), digits) for c in self.columns]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def to_csv(self, path: Optional[str] = None) -> str:
+        """CSV text with full precision (written to ``path`` too when given)."""
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["method", "n"] + self.columns)
+        for name, row in self.rows.items():
+            writer.writerow([name, self.counts.get(name, "")] + [repr(float(row.get(c, float("nan")))) for c in self.columns])
+        text = buf.getvalue()
+        if path is not None:
+            with open(path, "w", newline="") as fh:
+                fh.write(text)
+        return text
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+
+def compare(
+    results: Mapping[str, CounterfactualResult],
+    classifier: Optional[Callable[[Tensor], Tensor]] = None,
+    *,
+    subset: Literal["all", "valid"] = "all",
+    **kwargs: Any,
+) -> MetricsTable:
+    """One :class:`MetricsTable` row per method: the mean of :func:`counterfactual_metrics`.
+
+    Args:
+        results: ``{method name: result}``; usually the same inputs and targets for every method.
+        classifier: the audited classifier (for ``validity``).
+        subset: ``"all"`` averages over every sample; ``"valid"`` only over samples the classifier
+            (or, without one, the search) judges valid.
+        **kwargs: passed to :func:`counterfactual_metrics` (``svm``, ``knn``, ``nll_fn``, ``train``, ...).
+
+    Returns:
+        A :class:`MetricsTable`.
+
+    Example:
+        >>> clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+        >>> r = xcf.AdversarialCounterfactual(clf).counterfactual(torch.rand(4, 1, 4, 4), target=1, steps=100)
+        >>> table = compare({"adversarial": r}, clf)
+        >>> table["adversarial"]["success"] == r.success_rate, list(table.rows)
+        (True, ['adversarial'])
+    """
+    if subset not in ("all", "valid"):
+        raise ValueError(f"subset must be 'all' or 'valid', got {subset!r}")
+    if not results:
+        raise ValueError("results is empty: pass {method name: CounterfactualResult}")
+    metrics = {name: counterfactual_metrics(r, classifier, **kwargs) for name, r in results.items()}
+    mask = None
+    if subset == "valid":
+        mask = {name: m.get("validity", m["success"]) > 0.5 for name, m in metrics.items()}
+    return MetricsTable.from_metrics(metrics, mask=mask)

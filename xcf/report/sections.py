@@ -1,0 +1,124 @@
+"""The sections of the one audit report: each renders numbers and results it is given, computes nothing.
+
+:func:`audit_report` assembles them in a fixed order; :func:`xcf.apps.audit.audit` is its only caller in
+xcf.  Every section takes plain values, tables or results, so a report can be re-rendered from a store
+without running anything again.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from torch import Tensor
+
+from xcf.evaluate.metrics import MetricsTable
+from xcf.report.figures import comparison_grid, mean_map_figure, method_grid
+from xcf.report.html import Report
+from xcf.report.maps import plot_map_grid
+from xcf.result import CounterfactualResult
+
+__all__ = ["CleverHansSection", "audit_report"]
+
+_METRICS_TEXT = (
+    "Means over every input (n). validity: the audited classifier predicts the target at x'; svm_transfer: an "
+    "RBF SVM fitted on the training data agrees; knn_agreement: share of the 10 nearest training examples "
+    "with the target label; l1/l2: size of x' − x; sparsity: share of entries changed by more than 0.01; "
+    "realism_bpd: flow bits per dimension of x' (lower is more realistic); on_manifold: share of "
+    "||x' − x||² in the generator's tangent space at x."
+)
+
+
+class CleverHansSection:
+    """What one Clever-Hans check found, ready to render.
+
+    Args:
+        name: the audited classifier's name.
+        target_class: the suspected class.
+        verdicts: ``{explanation: AuditVerdict}``.
+        inputs: the inputs explained (a few are drawn).
+        maps: ``{explanation: maps}`` with the inputs' shape.
+    """
+
+    def __init__(self, name: str, target_class: int, verdicts: Mapping[str, Any], inputs: Tensor,
+                 maps: Mapping[str, Tensor]):
+        self.name, self.target_class, self.verdicts, self.inputs, self.maps = (
+            name, target_class, dict(verdicts), inputs, dict(maps))
+
+
+def audit_report(
+    title: str,
+    info: Mapping[str, Any],
+    table: MetricsTable,
+    first: Mapping[str, CounterfactualResult],
+    mean_maps: Mapping[str, Mapping[int, Tensor]],
+    *,
+    classifier: Optional[Callable[[Tensor], Tensor]] = None,
+    class_names: Optional[Sequence[str]] = None,
+    quality: Optional[Mapping[str, float]] = None,
+    timing: Optional[Mapping[str, Any]] = None,
+    non_finite: Optional[Mapping[str, Mapping[str, int]]] = None,
+    clever_hans: Sequence[CleverHansSection] = (),
+) -> Report:
+    """The audit report: data and models, generator quality, counterfactuals, metrics, maps, Clever-Hans.
+
+    Args:
+        title: the report's title.
+        info: ``{item: value}`` rows of the data-and-models table.
+        table: metric means per method.
+        first: ``{method: result}`` of the inputs to draw (the first batch).
+        mean_maps: ``{method: {target class: mean x' − x}}``.
+        classifier: the audited classifier (to label the drawn inputs with its predictions).
+        class_names: names of the classes for the figures.
+        quality: generator quality numbers (Fréchet distances).
+        timing: throughput of the run (see :class:`xcf.scale.summary.StoreSummary`).
+        non_finite: ``{method: {metric: count}}`` of values left out of the means.
+        clever_hans: the Clever-Hans checks to show.
+
+    Returns:
+        A :class:`~xcf.report.html.Report` (call ``write(out_dir)``).
+    """
+    report = Report(title)
+    report.section("Data and models")
+    report.table([{"item": k, "value": v} for k, v in info.items()], ["item", "value"])
+    if quality:
+        report.section("Generator quality")
+        report.text("Fréchet distance between real and generated samples in the audited classifier's "
+                    "penultimate-layer features (lower is closer to the data; the real-vs-real floor "
+                    "shows the sampling noise).")
+        report.table([{"model": k, "Fréchet distance": v} for k, v in quality.items()])
+    report.section("Counterfactuals side by side")
+    report.text("Green titles: the search reached the target with the required confidence; red: it failed. "
+                "Difference maps x' − x share one colour scale (red: brighter, blue: darker).")
+    report.figure("comparison", comparison_grid(dict(first), classifier, n=8, class_names=class_names),
+                  "the same inputs and targets, every method")
+    for name, r in first.items():
+        report.figure(f"grid {name}", method_grid(r, classifier, n=6, class_names=class_names, title=name),
+                      f"{name}: input, reconstruction, counterfactual, difference")
+    report.section("Metrics")
+    report.text(_METRICS_TEXT)
+    report.table([{"method": m, **row} for m, row in table.to_dict().items()])
+    if non_finite:
+        report.text("Values that were NaN or infinite and are left out of the means above: " + "; ".join(
+            f"{m}: " + ", ".join(f"{k} {c}" for k, c in counts.items()) for m, counts in non_finite.items()))
+    if timing:
+        report.section("Throughput")
+        report.text(f"This run: {timing['images']} images computed by {timing['processes']} process(es) in "
+                    f"{timing['wall_s']:.1f} s, {timing['images_per_s']:.2f} images/s. Share of the batch loop "
+                    "per phase, summed over processes:")
+        report.table([{"phase": k, "share": v} for k, v in timing["shares"].items()], ["phase", "share"])
+    report.section("Mean difference maps per target class")
+    report.figure("mean maps", mean_map_figure(dict(mean_maps), class_names),
+                  "mean x' − x of all inputs sent to each class")
+    if clever_hans:
+        report.section("Clever-Hans check")
+    for check in clever_hans:
+        for method, v in check.verdicts.items():
+            report.verdict(f"{check.name} / {method}: {'FLAGGED' if v.flagged else 'not flagged'} — "
+                           f"{v.explanation}", v.flagged)
+        report.table([{"explanation": m, "median localisation": v.median, "chance": v.baseline,
+                       "lift": v.lift, "threshold": v.threshold, "flagged": v.flagged}
+                      for m, v in check.verdicts.items()])
+        report.figure(f"clever hans {check.name}", plot_map_grid(check.inputs[:6], check.maps, n=6),
+                      f"{check.name}: explanations toward class {check.target_class} of inputs of other classes "
+                      "(the suspected region is where a shortcut would show)")
+    return report
