@@ -144,3 +144,16 @@ def test_chart_declares_its_eval_requirement():
             explainer.counterfactual(_inputs(2), target=1, steps=5)
     assert flow.training
     assert xcf.FlowChart.needs_eval and not xcf.PixelChart.needs_eval and not xcf.GeneratorChart.needs_eval
+
+
+@pytest.mark.parametrize("make", [
+    lambda: xcf.FlowChart(_flow(), recon_tol=1e-3),
+    lambda: xcf.GeneratorChart(_generator(), 3, tol=1e-3),
+    lambda: xcf.DiffeomorphicCounterfactual(_classifier(), _flow(), recon_tol=1e-3),
+    lambda: xcf.ApproximateCounterfactual(_classifier(), _generator(), 3, tol=1e-3),
+], ids=["FlowChart", "GeneratorChart", "Diffeomorphic", "Approximate"])
+def test_renamed_options_still_work_with_a_deprecation_warning(make):
+    with pytest.warns(DeprecationWarning, match="renamed"):
+        made = make()
+    chart = getattr(made, "chart", made)
+    assert getattr(chart, "max_recon_error", None) == 1e-3 or getattr(chart, "inversion_tol", None) == 1e-3

@@ -327,7 +327,7 @@ def run_audit(
         quick: tiny training budgets (a smoke test; numbers meaningless).
         num_workers: DataLoader workers.
         overwrite: discard a previous store in ``out_dir`` instead of resuming it.
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the classifier (see :func:`xcf.stream.accelerate`).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the classifier (see :func:`xcf.scale.precision.accelerate`).
         compile: ``torch.compile`` the classifier.
         device: ``"auto"`` (CUDA GPU ``LOCAL_RANK`` when available), ``"cpu"`` or ``"cuda"``.
         max_batches: compute at most this many new batches per process, then stop (resume later).

@@ -5,7 +5,7 @@ A GAN generator or a VAE decoder ``g: z -> x`` is not bijective, so ``g⁻¹(x)`
     z0 = argmin_z  ||g(z) - x||² / D        (D = pixels per sample)
 
 :func:`invert` minimises this with Adam from ``R`` starting points per sample, all ``N·R`` latents in
-one batch of the search engine (:func:`xcf.search.search`, with the reconstruction error as its
+one batch of the search engine (:func:`xcf.engine.search`, with the reconstruction error as its
 objective), and keeps per sample the restart with the smallest error.  A sample stops as soon as one
 of its restarts reaches ``RMS <= tol``; the others stop with it, and stopped latents leave the
 active set.  Random starts are draws ``z_r ~ N(0, I)`` from a ``torch.Generator`` seeded with
@@ -127,7 +127,7 @@ def invert(
 ) -> InversionResult:
     """Find ``z`` with ``generator(z) ≈ x`` per sample: batched Adam from ``restarts`` starts, best kept.
 
-    The ``N·restarts`` latents run as one batch of :func:`xcf.search.search`; a sample stops when any
+    The ``N·restarts`` latents run as one batch of :func:`xcf.engine.search`; a sample stops when any
     of its restarts reaches ``RMS <= tol`` (its finished latents leave the batch), else after ``steps``
     updates.  Deterministic for a given ``seed``; a sample's result does not depend on the other
     samples in the batch.  The generator is not modified (gradients are taken w.r.t. ``z`` only);

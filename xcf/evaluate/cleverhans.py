@@ -160,7 +160,7 @@ def clever_hans_audit(
     """Flag a classifier whose explanations toward ``target`` concentrate in ``region``.
 
     Args:
-        explainer_or_maps: ready maps ``(N, ...)``, a :class:`~xcf.search.CounterfactualResult`, an
+        explainer_or_maps: ready maps ``(N, ...)``, a :class:`~xcf.result.CounterfactualResult`, an
             explainer with ``counterfactual(x, target=...)`` (xcf; its ``x' - x`` is used and the
             success rate recorded) or ``attribute(x, target=...)`` (Captum), or ``fn(x, target)``.
         x: ``(N, ...)`` inputs to explain, usually images of *other* classes than ``target``.
@@ -257,7 +257,7 @@ def audit_maps(
     **kwargs: Any,
 ) -> dict[str, AuditVerdict]:
     """:func:`clever_hans_audit` for several explanations at once, e.g. the output of
-    :func:`xcf.maps.compare_attributions`: ``{name: verdict}``.
+    :func:`xcf.evaluate.maps.compare_attributions`: ``{name: verdict}``.
 
     Example:
         >>> from xcf.evaluate.maps import compare_attributions

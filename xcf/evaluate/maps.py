@@ -36,7 +36,7 @@ def difference_map(result: CounterfactualResult, absolute: bool = False) -> Tens
     """The difference map ``x' - x`` (or ``|x' - x|``) of every sample, with the input's shape.
 
     Args:
-        result: a :class:`~xcf.search.CounterfactualResult`.
+        result: a :class:`~xcf.result.CounterfactualResult`.
         absolute: return magnitudes instead of signed changes.
 
     Returns:
@@ -66,7 +66,7 @@ def mean_map_per_target(
     """Average difference map per target class, ``{k: mean of x' - x over samples with target k}``.
 
     Args:
-        result: a :class:`~xcf.search.CounterfactualResult` with class targets.
+        result: a :class:`~xcf.result.CounterfactualResult` with class targets.
         absolute: average ``|x' - x|`` instead of the signed change.
         only_valid: average only samples whose search succeeded.
 
@@ -132,7 +132,7 @@ def compare_attributions(
         x: ``(N, ...)`` inputs.
         target: class per input (int, list or tensor).
         explainers: ``{name: source}``, each a ready map tensor ``(N, ...)``, a
-            :class:`~xcf.search.CounterfactualResult` (its ``x' - x``), an explainer with
+            :class:`~xcf.result.CounterfactualResult` (its ``x' - x``), an explainer with
             ``attribute(x, target=...)`` (e.g. :class:`~xcf.explain.base.CounterfactualExplainer`) or a
             callable ``fn(x, target) -> maps``.
         include: Captum baselines to add: ``"saliency"`` (signed input gradient,

@@ -6,7 +6,7 @@ entries):
 * ``success``: the search reached its objective (``result.success``);
 * ``validity``: the audited classifier predicts the target, ``argmax f(x') = k`` (recomputed);
 * ``l1 = sum |delta|``, ``l2 = sqrt(sum delta^2)`` (proximity);
-* ``sparsity``: share of entries with ``|delta| > tol`` (lower is sparser);
+* ``sparsity``: share of entries with ``|delta| > sparsity_tol`` (lower is sparser);
 * ``realism_bpd``: ``-log p(x') / (D ln 2)``, bits per dimension under a density model (a flow), or
   ``realism_nn_l2``: ``min_{i: y_i = k} ||x' - x_i||_2``, the distance to the nearest training example
   of the target class when no density is given;
@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Optional
 
@@ -86,7 +87,8 @@ def counterfactual_metrics(
     flow: Any = None,
     train: Optional[tuple[Any, Any]] = None,
     on_manifold_fn: Optional[Callable[[CounterfactualResult], Tensor]] = None,
-    tol: float = 1e-2,
+    sparsity_tol: float = 1e-2,
+    tol: Optional[float] = None,
     batch_size: int = 256,
 ) -> dict[str, Tensor]:
     """Per-sample metrics of a counterfactual result (see the module docstring for definitions).
@@ -97,7 +99,7 @@ def counterfactual_metrics(
     used) and is computed only when no density is given, ``on_manifold`` needs ``on_manifold_fn``.
 
     Args:
-        result: a :class:`~xcf.search.CounterfactualResult` with class targets.
+        result: a :class:`~xcf.result.CounterfactualResult` with class targets.
         classifier: the audited classifier (logits, probabilities or log-probabilities: only the argmax
             is used); called in chunks under ``torch.no_grad``, its modules are left as found.
         svm: a fitted :class:`SVMValidator`.
@@ -109,7 +111,9 @@ def counterfactual_metrics(
         train: ``(train_x, train_y)`` for the nearest-neighbour realism fallback.
         on_manifold_fn: ``on_manifold_fn(result) -> (N,)`` share of ``||x' - x||^2`` in the tangent
             space (e.g. ``xcf.evaluate.geometry.on_manifold_fraction`` on the generator's tangent basis).
-        tol: an entry counts as changed for ``sparsity`` when ``|x' - x| > tol`` (input units).
+        sparsity_tol: an entry counts as changed for ``sparsity`` when ``|x' - x| > sparsity_tol``
+            (input units).
+        tol: deprecated name of ``sparsity_tol``.
         batch_size: chunk size for model calls.
 
     Returns:
@@ -127,8 +131,12 @@ def counterfactual_metrics(
     """
     if not isinstance(result, CounterfactualResult):
         raise TypeError(f"result must be a CounterfactualResult, got {type(result).__name__}")
-    if not tol >= 0:
-        raise ValueError(f"tol must be >= 0, got {tol}")
+    if tol is not None:
+        warnings.warn("counterfactual_metrics(tol=...) is renamed sparsity_tol and will be removed in xcf 0.3",
+                      DeprecationWarning, stacklevel=2)
+        sparsity_tol = tol
+    if not sparsity_tol >= 0:
+        raise ValueError(f"sparsity_tol must be >= 0, got {sparsity_tol}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if nll_fn is not None and flow is not None:
@@ -161,7 +169,7 @@ def counterfactual_metrics(
     delta = (xc - x).flatten(1).to(dtype)
     out["l1"] = delta.abs().sum(dim=1)
     out["l2"] = delta.pow(2).sum(dim=1).sqrt()
-    out["sparsity"] = (delta.abs() > tol).to(dtype).mean(dim=1) if delta.shape[1] else delta.new_zeros(n)
+    out["sparsity"] = (delta.abs() > sparsity_tol).to(dtype).mean(dim=1) if delta.shape[1] else delta.new_zeros(n)
     if flow is not None:
         if not callable(getattr(flow, "log_prob", None)):
             raise TypeError("flow must have a log_prob(x) method; pass nll_fn for other density models")

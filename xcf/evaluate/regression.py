@@ -46,7 +46,7 @@ def knn_target_mean(
         train_values: ``(M,)`` their regression targets (e.g. the true object count).
         k: number of neighbours, ``1 <= k <= M``.
         standardize: measure distances after scaling each feature to zero mean and unit variance on
-            ``train_x`` (as :class:`xcf.validate.KNNValidator` does); raw Euclidean by default.
+            ``train_x`` (as :class:`xcf.evaluate.metrics.KNNValidator` does); raw Euclidean by default.
         batch_size: queries per distance computation (memory ``batch_size * M``).
 
     Returns:

@@ -32,7 +32,7 @@ class ApproximateCounterfactual(CounterfactualExplainer):
 
     Same interface and result as :class:`~xcf.explain.DiffeomorphicCounterfactual`:
     ``attribute`` returns ``x' - x`` (Captum convention) and ``counterfactual`` the full
-    :class:`~xcf.search.CounterfactualResult`, with ``method == "approximate"``,
+    :class:`~xcf.result.CounterfactualResult`, with ``method == "approximate"``,
     ``reconstruction_error`` the RMS inversion error and ``info`` holding ``"poor_reconstruction"``
     (bool per sample) and ``"inversion_steps"``.  Note that ``x' - x`` includes the reconstruction
     error; ``result.counterfactual - result.reconstruction`` is the change the search made.

@@ -25,7 +25,7 @@ class CounterfactualExplainer(Attribution):
 
     ``attribute`` follows Captum: it returns the difference map ``x' - x`` with the input's shape
     (a tuple in gives a tuple out).  ``counterfactual`` returns the full
-    :class:`~xcf.search.CounterfactualResult`.
+    :class:`~xcf.result.CounterfactualResult`.
 
     Args:
         forward_func: the classifier ``f``.
@@ -116,7 +116,7 @@ class CounterfactualExplainer(Attribution):
             progress: show a progress bar.
 
         Returns:
-            A :class:`~xcf.search.CounterfactualResult`.
+            A :class:`~xcf.result.CounterfactualResult`.
         """
         elapsed = timed()
         x, _ = format_inputs(inputs)

@@ -1,6 +1,6 @@
 """An on-disk store of audit results: one ``.npz`` shard per batch, a manifest, an index.
 
-A dataset-scale audit (:func:`xcf.stream.stream_audit`) writes what it finds batch by batch, so that
+A dataset-scale audit (:func:`xcf.scale.stream.stream_audit`) writes what it finds batch by batch, so that
 memory does not grow with the data set and a killed run loses nothing it finished.  The layout is plain
 files a user can open with numpy alone::
 
@@ -13,7 +13,7 @@ files a user can open with numpy alone::
 A shard holds ``index`` (positions in the data set), ``input``, ``target``, ``label`` (``-1`` where the
 data set has none) and, for each method ``m`` (its slug, see the manifest's ``methods``),
 ``m/counterfactual``, ``m/reconstruction``, ``m/latent``, ``m/success``, ``m/steps``, ``m/score``, and
-one ``m/<metric>`` per column of :func:`xcf.validate.counterfactual_metrics`.  ``timing/<phase>`` holds
+one ``m/<metric>`` per column of :func:`xcf.evaluate.metrics.counterfactual_metrics`.  ``timing/<phase>`` holds
 the seconds the batch spent per phase (not part of the results)::
 
     z = np.load("xcf-audit/store/shards/batch-000000.npz")

@@ -224,7 +224,7 @@ def test_metrics_known_values():
     xc = torch.tensor([[2.0, 0.0, 0.0, 0.0], [0.3, -0.4, 0.0, 0.005], [0.1, 0.1, 0.1, 0.1]])
     # search claims success for all three, but sample 2 (sum 0.4 < 1) is not valid for the classifier
     r = make_result(x, xc, 1, wall_time=0.03, recon=torch.tensor([0.0, 0.1, 0.2]))
-    m = counterfactual_metrics(r, Linear2(), tol=0.01)
+    m = counterfactual_metrics(r, Linear2(), sparsity_tol=0.01)
     assert list(m) == [c for c in METRIC_COLUMNS if c in m]
     assert m["success"].tolist() == [1.0, 1.0, 1.0]
     assert m["validity"].tolist() == [1.0, 0.0, 0.0]
@@ -316,7 +316,7 @@ def test_metrics_errors():
     with pytest.raises(ValueError, match="one value per sample"):
         counterfactual_metrics(r, on_manifold_fn=lambda res: torch.zeros(3))
     with pytest.raises(ValueError, match="tol must be >= 0"):
-        counterfactual_metrics(r, tol=-1)
+        counterfactual_metrics(r, sparsity_tol=-1)
 
 
 # ------------------------------------------------------------------------------------------ table
