@@ -16,6 +16,7 @@ and :mod:`xcf.apps` (demo, audit, command line).
 """
 
 from xcf import _compat
+from xcf._version import __version__
 from xcf.charts import (
     BallChart,
     Chart,
@@ -43,8 +44,6 @@ from xcf.explain import (
 from xcf.extrapolate import ExtrapolationHistory, KnowledgeExtrapolation
 from xcf.objectives import ClassTarget, ScalarTarget
 from xcf.result import CounterfactualResult
-
-__version__ = "0.2.0"
 
 _compat.install()
 

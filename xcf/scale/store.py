@@ -39,7 +39,7 @@ import os
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -47,6 +47,7 @@ from xcf._io import (
     TMP_PREFIX,
     atomic_write,
 )
+from xcf._version import __version__
 
 __all__ = [
     "FORMAT",
@@ -103,8 +104,6 @@ class ShardStore:
 
     def __init__(self, root: str | os.PathLike, config: Mapping[str, Any], num_batches: int,
                  overwrite: bool = False, create: bool = True, clean_partial: bool = True):
-        from xcf import __version__
-
         if num_batches < 0:
             raise ValueError(f"num_batches must be >= 0, got {num_batches}")
         self.root = Path(root)
@@ -271,16 +270,3 @@ class ShardStore:
 
     def __repr__(self) -> str:
         return f"ShardStore({str(self.root)!r}, batches={self.num_batches})"
-
-
-def stack_batches(store: ShardStore, keys: Iterable[str]) -> dict[str, np.ndarray]:
-    """Concatenate ``keys`` over every finished shard in batch order (small arrays only: it loads them all)."""
-    keys = list(keys)
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
-    for _, arrays in store.iter_batches():
-        for k in keys:
-            parts[k].append(arrays[k])
-    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
-
-
-__all__.append("stack_batches")
