@@ -33,8 +33,6 @@ the flow was trained with; ``log2(L)`` for a uniform model).
 from __future__ import annotations
 
 import math
-import os
-import time
 from typing import Any, Optional
 
 import torch
@@ -47,11 +45,10 @@ from nflows.transforms.coupling import AffineCouplingTransform
 from nflows.transforms.normalization import ActNorm
 from nflows.transforms.reshape import SqueezeTransform
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from xcf._validation import preserved
-from xcf.datasets import DIGITS_LEVELS, load_digits
-from xcf.models.io import cached_model, merged
+from xcf.datasets import DIGITS_LEVELS, load_digits  # noqa: F401  (the doctests use load_digits)
+from xcf.models.training import TrainContext, fit
 
 __all__ = [
     "Dequantize",
@@ -61,7 +58,6 @@ __all__ = [
     "glow_flow",
     "train_flow",
     "bits_per_dim",
-    "digits_flow",
 ]
 
 
@@ -383,7 +379,9 @@ def train_flow(
     weight_decay: float = 0.0,
     max_seconds: Optional[float] = None,
 ) -> dict[str, Any]:
-    """Fit ``flow`` to ``x`` in place by maximum likelihood (Adam, cosine learning rate, gradient clipping).
+    """Fit ``flow`` to ``x`` in place by maximum likelihood (AdamW, cosine learning rate, gradient clipping).
+
+    The loop is :func:`xcf.models.training.fit`.
 
     The flow runs in training mode (fresh dequantisation noise per batch).  Before the first update a
     plain forward pass on up to 512 samples initialises ActNorm layers from data.  Noise and
@@ -400,12 +398,14 @@ def train_flow(
         progress: show a tqdm progress bar.
         clip: gradient-norm clipping threshold.
         weight_decay: AdamW weight decay.
-        max_seconds: stop after the first epoch that ends past this wall-clock budget.
+        max_seconds: wall-clock budget: training stops when it is spent, and the cosine schedule
+            follows the elapsed time so that a capped run still anneals to ``lr ≈ 0``.
 
     Returns:
         History: ``"nll"`` (mean ``-flow.log_prob`` per epoch, nats per sample), ``"bits_per_dim"``
         (the same in bits per dimension, when the flow dequantises with :class:`Dequantize`),
-        ``"skipped"`` (updates skipped for a non-finite loss), ``"seconds"``.
+        ``"skipped"`` (updates skipped for a non-finite loss), ``"seconds"``, and the loop's
+        ``"epochs"``, ``"steps"``, ``"capped"`` and ``"lr"``.
 
     Example:
         >>> flow = realnvp_flow(hidden=8, blocks_per_scale=1)
@@ -420,47 +420,25 @@ def train_flow(
     dims = x[0].numel()
     offset = dims * math.log(dq.levels - 1) if dq is not None else None
     n = x.shape[0]
-    n_batches = (n + batch_size - 1) // batch_size
-    params = [p for p in flow.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs * n_batches)
-    history: dict[str, Any] = {"nll": [], "bits_per_dim": [], "skipped": 0, "seconds": 0.0}
-    start = time.perf_counter()
-    was_training = flow.training
-    devices = [x.device.index or 0] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(seed))
-        generator = torch.Generator().manual_seed(int(seed))
-        flow.train()
-        try:
-            with torch.no_grad():  # data-dependent initialisation (ActNorm)
-                flow.log_prob(x[torch.randperm(n, generator=generator)[:512].to(x.device)])
-            for _ in tqdm(range(epochs), desc="flow", disable=not progress):
-                order = torch.randperm(n, generator=generator).to(x.device)
-                total = torch.zeros((), device=x.device, dtype=torch.float64)
-                count = 0
-                for i in range(n_batches):
-                    xb = x[order[i * batch_size : (i + 1) * batch_size]]
-                    loss = -flow.log_prob(xb).mean()
-                    if not bool(torch.isfinite(loss)):
-                        history["skipped"] += 1
-                        continue
-                    optimiser.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, clip)
-                    optimiser.step()
-                    scheduler.step()
-                    total += loss.detach() * xb.shape[0]
-                    count += xb.shape[0]
-                nll = float(total) / max(count, 1)
-                history["nll"].append(nll)
-                if offset is not None:
-                    history["bits_per_dim"].append((nll + offset) / (dims * math.log(2)))
-                if max_seconds is not None and time.perf_counter() - start > max_seconds:
-                    break
-        finally:
-            flow.train(was_training)
-    history["seconds"] = time.perf_counter() - start
+
+    def init(ctx: TrainContext) -> None:
+        with torch.no_grad():  # data-dependent initialisation (ActNorm)
+            flow.log_prob(x[torch.randperm(n, generator=ctx.generator)[:512].to(x.device)])
+
+    def step(xb: Tensor, ctx: TrainContext):
+        loss = -flow.log_prob(xb).mean()
+        if not bool(torch.isfinite(loss)):
+            return None  # skipped: no update, the schedule does not advance
+        m = xb.shape[0]
+        return loss, {"nll": ((loss.detach() * m).double(), m)}
+
+    out = fit(flow, step, x, epochs=epochs, batch_size=batch_size, lr=lr, optimiser="adamw",
+              weight_decay=weight_decay, schedule="cosine", clip=clip, max_seconds=max_seconds, seed=int(seed),
+              isolate_rng=True, init=init, progress=progress, desc="flow")
+    nll = out.pop("nll", [])
+    history: dict[str, Any] = {"nll": nll, "bits_per_dim": [], **out}
+    if offset is not None:
+        history["bits_per_dim"] = [(v + offset) / (dims * math.log(2)) for v in nll]
     return history
 
 
@@ -535,87 +513,14 @@ def bits_per_dim(
     return ((nll + dims * math.log(L)) / (dims * math.log(2))).to(x.dtype)
 
 
-DIGITS_FLOW_CONFIGS: dict[str, dict[str, Any]] = {
-    "realnvp": {
-        "kind": "realnvp",
-        "model": {
-            "shape": [1, 8, 8], "levels": DIGITS_LEVELS, "hidden": 64, "blocks_per_scale": 2, "scales": 2,
-            "alpha": 0.01, "scale_bound": 2.0, "dropout": 0.3,
-        },
-        "train": {"epochs": 50, "lr": 2e-3, "batch_size": 128},
-        "data": {"seed": 0, "test_size": 0.25},
-        "seed": 0,
-        "version": 1,
-    },
-    "glow": {
-        "kind": "glow",
-        "model": {
-            "shape": [1, 8, 8], "levels": DIGITS_LEVELS, "hidden": 64, "steps_per_scale": 8, "scales": 2,
-            "alpha": 0.01, "scale_bound": 2.0, "dropout": 0.2,
-        },
-        "train": {"epochs": 40, "lr": 2e-3, "batch_size": 128},
-        "data": {"seed": 0, "test_size": 0.25},
-        "seed": 0,
-        "version": 1,
-    },
-}
-"""Settings of :func:`digits_flow`, tuned for test bits/dim within about 75 s of training on one CPU thread."""
+_MOVED_TO_ZOO = frozenset({"DIGITS_FLOW_CONFIGS", "build_digits_flow", "digits_flow"})
 
 
-def _build_digits_flow(config: dict[str, Any]) -> Flow:
-    builder = realnvp_flow if config["kind"] == "realnvp" else glow_flow
-    model = dict(config["model"])
-    model["shape"] = tuple(model["shape"])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config["seed"])
-        return builder(**model)
+def __getattr__(name: str) -> Any:
+    """The reference-model names that moved to :mod:`xcf.models.zoo`, still reachable from here
+    (imported late: the zoo imports this module, never the reverse)."""
+    if name in _MOVED_TO_ZOO:
+        from xcf.models import zoo
 
-
-def digits_flow(
-    kind: str = "realnvp",
-    cache_dir: Optional[str | os.PathLike] = None,
-    retrain: bool = False,
-    progress: bool = False,
-    overrides: Optional[dict[str, Any]] = None,
-) -> tuple[Flow, dict[str, Any]]:
-    """The reference flow on the digits: RealNVP or Glow trained on ``load_digits("train")``.
-
-    Trained once (about a minute on one CPU thread) and cached with
-    :func:`xcf.models.io.cached_model`.
-
-    Args:
-        kind: ``"realnvp"`` or ``"glow"``.
-        cache_dir: the model cache (default ``$XCF_CACHE`` or ``~/.cache/xcf``).
-        retrain: train again even if a cached model exists.
-        progress: show a progress bar while training.
-        overrides: settings that replace those of the reference configuration (e.g. shorter
-            training for a smoke test); they are part of the cache key.
-
-    Returns:
-        ``(flow in eval mode, metrics)``; metrics hold ``test_bits_per_dim`` (uniform dequantisation),
-        ``test_bits_per_dim_center`` (``dequantize=False``), ``train_bits_per_dim`` and
-        ``train_seconds``.
-
-    Example:
-        >>> flow, metrics = digits_flow("glow")                   # doctest: +SKIP
-        >>> metrics["test_bits_per_dim"]                          # doctest: +SKIP
-    """
-    if kind not in DIGITS_FLOW_CONFIGS:
-        raise ValueError(f"kind must be one of {sorted(DIGITS_FLOW_CONFIGS)}, got {kind!r}")
-    config = merged(DIGITS_FLOW_CONFIGS[kind], overrides)
-
-    def train(flow: nn.Module) -> dict[str, Any]:
-        x, _ = load_digits("train", **config["data"])
-        x_test, _ = load_digits("test", **config["data"])
-        history = train_flow(flow, x, seed=config["seed"], progress=progress, **config["train"])
-        flow.eval()
-        levels = config["model"]["levels"]
-        return {
-            "test_bits_per_dim": float(bits_per_dim(flow, x_test, levels, n_samples=4).mean()),
-            "test_bits_per_dim_center": float(bits_per_dim(flow, x_test, levels, dequantize=False).mean()),
-            "train_bits_per_dim": float(bits_per_dim(flow, x, levels).mean()),
-            "train_seconds": history["seconds"],
-            "epochs": len(history["nll"]),
-        }
-
-    return cached_model(f"digits-flow-{kind}", config, _build_digits_flow, train, directory=cache_dir, retrain=retrain)
+        return getattr(zoo, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
