@@ -40,6 +40,7 @@ from xcf.models.flows import bits_per_dim, digits_flow
 from xcf.models.gan import digits_gan
 from xcf.models.io import QUICK, cached_model, load_state, merged
 from xcf.models.vae import digits_vae
+from xcf.models.zoo import WATERMARK, load_classifier, watermark_classifier
 from xcf.quality import frechet_distance
 from xcf.report.audit import CleverHansCheck, audit
 from xcf.report.figures import method_grid, save_figure
@@ -49,38 +50,6 @@ __all__ = ["run_demo", "watermark_classifier", "load_classifier", "METHODS", "WA
 
 #: the explainers the demo and ``xcf audit`` run
 METHODS = ("diffeomorphic", "approximate (GAN)", "approximate (VAE)", "adversarial")
-
-#: the Clever-Hans setting of the demo: a 2x2 bright square in the top-left corner of every training 7
-WATERMARK: dict[str, Any] = {"target_class": 7, "pattern": "square", "position": (0, 0), "rate": 1.0}
-
-
-def watermark_classifier(cache_dir: Optional[str | Path] = None, progress: bool = False,
-                         overrides: Optional[dict[str, Any]] = None) -> tuple[DigitsCNN, dict[str, Any]]:
-    """The reference CNN trained on digits whose class-7 images all carry a 2x2 corner square."""
-    config = merged(DIGITS_CLASSIFIER_CONFIG, overrides)
-    config = {**config, "watermark": {k: list(v) if isinstance(v, tuple) else v for k, v in WATERMARK.items()}}
-
-    def train(model: DigitsCNN) -> dict[str, Any]:
-        x, y = load_digits("train", **config["data"])
-        xs, ys, _ = stamp(x, y, WATERMARK["pattern"], WATERMARK["position"], WATERMARK["target_class"],
-                          WATERMARK["rate"])
-        train_classifier(model, xs, ys, seed=config["seed"], progress=progress, **config["train"])
-        x_test, y_test = load_digits("test", **config["data"])
-        return {"test_accuracy": accuracy(model, x_test, y_test)}
-
-    return cached_model("digits-classifier-watermark", config, build_digits_classifier, train, directory=cache_dir)
-
-
-def load_classifier(path: str | Path) -> DigitsCNN:
-    """A :class:`DigitsCNN` from a file written by :func:`xcf.models.io.save_model` (weights only)."""
-    payload = load_state(path)
-    if payload["class"] != "DigitsCNN":
-        raise ValueError(f"{path} holds a {payload['class']}, not a DigitsCNN")
-    config = payload["config"]
-    model = DigitsCNN(**config.get("model", config))
-    model.load_state_dict(payload["state_dict"])
-    return model.eval()
-
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
