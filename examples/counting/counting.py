@@ -1,5 +1,8 @@
 r"""Counting: counterfactuals for a regression model ("what would this image look like with more objects?").
 
+An example built on xcf's public API only (run it with ``python examples/counting/run.py``; import it
+by putting ``examples/counting`` on ``sys.path``).
+
 A synthetic data set the code makes itself, a small counting regressor, a flow on the images, and
 counterfactuals toward more and fewer objects, in a flow's base space and in pixel space.
 

@@ -330,6 +330,7 @@ def fit(
                         history[key].append(float(sums[key]) / weights[key] if key in sums else math.nan)
                 if result["capped"]:
                     break
+            result["steps"] = ctx.step
             if capped_schedule:
                 set_fraction(max((time.perf_counter() - start) / max_seconds, ctx.step / max(total_steps, 1)))
     finally:
