@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
@@ -307,8 +308,10 @@ def fit(
                     if ctx._updated:
                         ctx.step += 1
                         batch_lr = first.param_groups[0]["lr"]
-                        for s in schedulers:
-                            s.step()
+                        with warnings.catch_warnings():  # an optimiser of a group that made no update yet
+                            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                            for s in schedulers:
+                                s.step()
                     else:
                         result["skipped"] += 1
                     for key, value in stats.items():
