@@ -25,8 +25,7 @@ import torch.nn.functional as F
 
 from xcf import DiffeomorphicCounterfactual
 from xcf.datasets import load_digits
-from xcf.models.classifier import digits_classifier
-from xcf.models.flows import digits_flow
+from xcf.models.zoo import digits_classifier, digits_flow
 
 
 def bare_loop(classifier, flow, z0, target, active_counts, lr):

@@ -3,12 +3,8 @@ import torch
 from torch import nn
 
 from xcf.datasets import load_digits
-from xcf.models.classifier import (
-    DigitsCNN,
-    accuracy,
-    digits_classifier,
-    train_classifier,
-)
+from xcf.models.classifier import DigitsCNN, accuracy, train_classifier
+from xcf.models.zoo import digits_classifier
 
 
 @pytest.mark.parametrize("size", [8, 28])

@@ -9,16 +9,17 @@ from torch.nn import functional as F
 
 import xcf.models.flows as flows
 from xcf.datasets import DIGITS_LEVELS, load_digits
+from xcf.models import zoo
 from xcf.models.flows import (
     Dequantize,
     Logit,
     bits_per_dim,
-    digits_flow,
     glow_flow,
     realnvp_flow,
     train_flow,
 )
 from xcf.models.io import load_state, save_model
+from xcf.models.zoo import digits_flow
 
 L = DIGITS_LEVELS
 pytestmark = pytest.mark.filterwarnings("ignore:.*triangular_solve.*:UserWarning")
@@ -239,7 +240,7 @@ def test_digits_flow_caches(tmp_path, monkeypatch):
         "seed": 0,
         "version": 0,
     }
-    monkeypatch.setitem(flows.DIGITS_FLOW_CONFIGS, "glow", tiny)
+    monkeypatch.setitem(zoo.DIGITS_FLOW_CONFIGS, "glow", tiny)
     flow, metrics = digits_flow("glow", cache_dir=tmp_path)
     assert not flow.training
     assert {"test_bits_per_dim", "test_bits_per_dim_center", "train_seconds"} <= set(metrics)

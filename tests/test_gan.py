@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import xcf.models.gan as gan
-from xcf.models.gan import DCGANDiscriminator, DCGANGenerator, digits_gan, train_gan
+from xcf.models import zoo
+from xcf.models.gan import DCGANDiscriminator, DCGANGenerator, train_gan
+from xcf.models.zoo import digits_gan
 
 torch.set_num_threads(1)
 
@@ -123,9 +124,9 @@ def test_deterministic_under_seed():
 
 
 def test_digits_gan_cache(tmp_path, monkeypatch):
-    monkeypatch.setitem(gan.DIGITS_GAN_CONFIG, "epochs", 1)
+    monkeypatch.setitem(zoo.DIGITS_GAN_CONFIG, "epochs", 1)
     G, metrics = digits_gan(cache_dir=tmp_path)
-    assert not G.training and G.latent_dim == gan.DIGITS_GAN_CONFIG["latent_dim"]
+    assert not G.training and G.latent_dim == zoo.DIGITS_GAN_CONFIG["latent_dim"]
     assert len(list(tmp_path.glob("digits-gan-*.pt"))) == 1
     assert metrics["epochs"] == 1
     G2, metrics2 = digits_gan(cache_dir=tmp_path)  # loaded, not retrained

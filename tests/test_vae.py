@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-import xcf.models.vae as vae_module
-from xcf.models.vae import VAE, digits_vae, train_vae, vae_loss
+from xcf.models import zoo
+from xcf.models.vae import VAE, train_vae, vae_loss
+from xcf.models.zoo import digits_vae
 
 torch.set_num_threads(1)
 
@@ -82,7 +83,7 @@ def test_deterministic_under_seed():
 
 
 def test_digits_vae_cache(tmp_path, monkeypatch):
-    monkeypatch.setitem(vae_module.DIGITS_VAE_CONFIG, "epochs", 1)
+    monkeypatch.setitem(zoo.DIGITS_VAE_CONFIG, "epochs", 1)
     vae, metrics = digits_vae(cache_dir=tmp_path)
     assert not vae.training and metrics["epochs"] == 1 and "test_loss" in metrics
     assert len(list(tmp_path.glob("digits-vae-*.pt"))) == 1

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from xcf._validation import check_int, check_number, check_module_mode, preserved
+from xcf._validation import check_int, check_module_mode, check_number, preserved
 
 __all__ = ["ExtrapolationHistory", "KnowledgeExtrapolation"]
 

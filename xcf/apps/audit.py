@@ -29,11 +29,8 @@ from xcf.datasets import ShiftedImages, load_digits
 from xcf.evaluate.cleverhans import AuditVerdict, audit_maps
 from xcf.evaluate.maps import compare_attributions
 from xcf.evaluate.metrics import MetricsTable
-from xcf.models.classifier import digits_classifier
-from xcf.models.flows import digits_flow
-from xcf.models.gan import digits_gan
 from xcf.models.io import QUICK
-from xcf.models.vae import digits_vae
+from xcf.models.zoo import digits_classifier, digits_flow, digits_gan, digits_vae, load_classifier
 from xcf.report.html import check_writable
 from xcf.report.sections import CleverHansSection, audit_report
 from xcf.result import CounterfactualResult
@@ -346,8 +343,6 @@ def run_audit(
         classifier, _ = digits_classifier(cache_dir=cache_dir, progress=progress and dist.rank == 0,
                                           overrides=q.get("classifier"))
         if classifier_file is not None:
-            from xcf.apps.demo import load_classifier  # TEMP until models.zoo lands
-
             classifier = load_classifier(classifier_file)
         flow, _ = digits_flow(kind=flow_kind, cache_dir=cache_dir, progress=progress and dist.rank == 0,
                               overrides=q.get("flow"))

@@ -20,60 +20,30 @@ from torch import Tensor
 
 from xcf._io import format_number
 from xcf.apps.audit import CleverHansCheck, audit
-from xcf.apps.methods import METHODS, build_explainers, check_methods, flow_nll
+from xcf.apps.methods import build_explainers, check_methods, flow_nll
 from xcf.charts import PixelChart, invert
 from xcf.datasets import load_digits
-from xcf.evaluate.cleverhans import region_mask, stamp
+from xcf.datasets.watermark import region_mask
 from xcf.evaluate.manifold import on_manifold_fraction, tangent_space
 from xcf.evaluate.quality import frechet_distance
 from xcf.explain import CounterfactualExplainer, DiffeomorphicCounterfactual
-from xcf.models.classifier import (
-    DIGITS_CLASSIFIER_CONFIG,
-    DigitsCNN,
-    accuracy,
-    build_digits_classifier,
+from xcf.models.classifier import accuracy
+from xcf.models.flow_training import bits_per_dim
+from xcf.models.io import QUICK
+from xcf.models.zoo import (
+    WATERMARK,
     digits_classifier,
-    train_classifier,
+    digits_flow,
+    digits_gan,
+    digits_vae,
+    load_classifier,
+    watermark_classifier,
 )
-from xcf.models.flows import bits_per_dim, digits_flow
-from xcf.models.gan import digits_gan
-from xcf.models.io import QUICK, cached_model, load_state, merged
-from xcf.models.vae import digits_vae
 from xcf.report.figures import method_grid, save_figure
 from xcf.report.html import check_writable
 
-__all__ = ["run_demo", "watermark_classifier", "load_classifier", "METHODS", "WATERMARK"]
+__all__ = ["run_demo"]
 
-#: the Clever-Hans setting of the demo: a 2x2 bright square in the top-left corner of every training 7
-WATERMARK: dict[str, Any] = {"target_class": 7, "pattern": "square", "position": (0, 0), "rate": 1.0}
-
-
-def watermark_classifier(cache_dir: Optional[str | Path] = None, progress: bool = False,
-                         overrides: Optional[dict[str, Any]] = None) -> tuple[DigitsCNN, dict[str, Any]]:
-    """The reference CNN trained on digits whose class-7 images all carry a 2x2 corner square."""
-    config = merged(DIGITS_CLASSIFIER_CONFIG, overrides)
-    config = {**config, "watermark": {k: list(v) if isinstance(v, tuple) else v for k, v in WATERMARK.items()}}
-
-    def train(model: DigitsCNN) -> dict[str, Any]:
-        x, y = load_digits("train", **config["data"])
-        xs, ys, _ = stamp(x, y, WATERMARK["pattern"], WATERMARK["position"], WATERMARK["target_class"],
-                          WATERMARK["rate"])
-        train_classifier(model, xs, ys, seed=config["seed"], progress=progress, **config["train"])
-        x_test, y_test = load_digits("test", **config["data"])
-        return {"test_accuracy": accuracy(model, x_test, y_test)}
-
-    return cached_model("digits-classifier-watermark", config, build_digits_classifier, train, directory=cache_dir)
-
-
-def load_classifier(path: str | Path) -> DigitsCNN:
-    """A :class:`DigitsCNN` from a file written by :func:`xcf.models.io.save_model` (weights only)."""
-    payload = load_state(path)
-    if payload["class"] != "DigitsCNN":
-        raise ValueError(f"{path} holds a {payload['class']}, not a DigitsCNN")
-    config = payload["config"]
-    model = DigitsCNN(**config.get("model", config))
-    model.load_state_dict(payload["state_dict"])
-    return model.eval()
 
 
 def _median_steps(steps: Tensor, ok: Tensor) -> Optional[float]:

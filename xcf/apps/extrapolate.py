@@ -25,6 +25,8 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from xcf.extrapolate import ExtrapolationHistory, KnowledgeExtrapolation
+from xcf.models.io import QUICK
+from xcf.models.zoo import digits_classifier, digits_gan
 from xcf.report.figures import figure_grid, image_of, save_figure
 
 __all__ = ["run_extrapolation_demo", "match_plain_step", "extrapolation_figure"]
@@ -124,10 +126,6 @@ def extrapolation_figure(
 
 
 def _models(cache_dir: Any, quick: bool, progress: bool) -> tuple[nn.Module, nn.Module]:
-    from xcf.models.classifier import digits_classifier
-    from xcf.models.gan import digits_gan
-    from xcf.models.io import QUICK
-
     q = QUICK if quick else {}
     G, _ = digits_gan(cache_dir=cache_dir, progress=progress, overrides=q.get("gan"))
     classifier, _ = digits_classifier(cache_dir=cache_dir, progress=progress, overrides=q.get("classifier"))

@@ -16,7 +16,7 @@ from xcf.explain import (
     ApproximateCounterfactual,
     DiffeomorphicCounterfactual,
 )
-from xcf.models.flows import bits_per_dim
+from xcf.models.flow_training import bits_per_dim
 
 __all__ = ["METHODS", "build_explainers", "check_methods", "flow_nll"]
 

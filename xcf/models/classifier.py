@@ -5,26 +5,23 @@
 2x2 max pooling) and a fully connected layer.  It has no BatchNorm, so in any mode each sample's
 output depends on that sample alone.
 
-:func:`train_classifier` minimises the mean cross-entropy ``-log softmax(f(x))[y]`` with Adam over
-shuffled mini-batches; :func:`digits_classifier` trains (or loads from the model cache) the reference
-classifier on the digits training split.
+:func:`train_classifier` minimises the mean cross-entropy ``-log softmax(f(x))[y]`` with AdamW over
+shuffled mini-batches (the one loop :func:`xcf.models.training.fit`); the reference classifier
+trained on the digits is :func:`xcf.models.zoo.digits_classifier`.
 """
 
 from __future__ import annotations
 
-import os
-import time
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from xcf.datasets import load_digits
-from xcf.models.io import cached_model, merged
+from xcf.datasets import load_digits  # noqa: F401  (the doctests use it)
+from xcf.models.training import TrainContext, fit
 
-__all__ = ["DigitsCNN", "train_classifier", "accuracy", "build_digits_classifier", "digits_classifier"]
+__all__ = ["DigitsCNN", "train_classifier", "accuracy"]
 
 
 class DigitsCNN(nn.Module):
@@ -111,8 +108,9 @@ def train_classifier(
     weight_decay: float = 1e-4,
     seed: int = 0,
     progress: bool = False,
-) -> dict[str, list[float]]:
-    """Train ``model`` (returning logits) in place with Adam on the cross-entropy.
+    max_seconds: Optional[float] = None,
+) -> dict[str, Any]:
+    """Train ``model`` (returning logits) in place with AdamW on the cross-entropy (:func:`~xcf.models.training.fit`).
 
     The shuffling is drawn from a generator seeded with ``seed``; the model's mode is restored at the
     end.  Model initialisation is the caller's (seed torch before building the model).
@@ -127,48 +125,34 @@ def train_classifier(
         weight_decay: AdamW weight decay.
         seed: seed of the shuffling.
         progress: show a tqdm progress bar.
+        max_seconds: wall-clock budget; the cosine schedule then follows the elapsed time, so a
+            capped run still anneals.
 
     Returns:
-        History: ``{"loss": [mean training loss per epoch], "accuracy": [training accuracy per epoch]}``.
+        History: ``{"loss": [mean training loss per epoch], "accuracy": [training accuracy per epoch]}``
+        plus the loop's ``epochs``, ``steps``, ``capped``, ``lr`` and ``seconds``.
 
     Example:
         >>> x, y = load_digits("train")
-        >>> model = DigitsCNN()
-        >>> history = train_classifier(model, x, y, epochs=1)
+        >>> model = DigitsCNN(width=8)
+        >>> history = train_classifier(model, x[:256], y[:256], epochs=1)
         >>> len(history["loss"])
         1
     """
     _check_xy(model, x, y)
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(f"epochs and batch_size must be >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}")
-    generator = torch.Generator().manual_seed(int(seed))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    n = x.shape[0]
-    n_batches = (n + batch_size - 1) // batch_size
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs * n_batches)
-    history: dict[str, list[float]] = {"loss": [], "accuracy": []}
-    was_training = model.training
-    model.train()
-    try:
-        for _ in tqdm(range(epochs), desc="classifier", disable=not progress):
-            order = torch.randperm(n, generator=generator).to(x.device)
-            total = torch.zeros((), device=x.device)
-            correct = torch.zeros((), device=x.device)
-            for i in range(n_batches):
-                idx = order[i * batch_size : (i + 1) * batch_size]
-                logits = model(x[idx])
-                loss = F.cross_entropy(logits, y[idx])
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                scheduler.step()
-                total += loss.detach() * idx.numel()
-                correct += (logits.detach().argmax(1) == y[idx]).sum()
-            history["loss"].append(float(total) / n)
-            history["accuracy"].append(float(correct) / n)
-    finally:
-        model.train(was_training)
+
+    def step(batch: tuple[Tensor, Tensor], ctx: TrainContext):
+        xb, yb = batch
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb)
+        n = yb.numel()
+        return loss, {"loss": (loss.detach() * n, n), "accuracy": ((logits.detach().argmax(1) == yb).sum(), n)}
+
+    history = fit(model, step, (x, y), epochs=epochs, batch_size=batch_size, lr=lr, optimiser="adamw",
+                  weight_decay=weight_decay, schedule="cosine", max_seconds=max_seconds, seed=int(seed),
+                  progress=progress, desc="classifier")
     return history
 
 
@@ -196,62 +180,14 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> 
     return correct / x.shape[0]
 
 
-DIGITS_CLASSIFIER_CONFIG: dict[str, Any] = {
-    "model": {"in_channels": 1, "n_classes": 10, "image_size": 8, "width": 32},
-    "train": {"epochs": 10, "lr": 3e-3, "batch_size": 64, "weight_decay": 1e-4},
-    "data": {"seed": 0, "test_size": 0.25},
-    "seed": 0,
-    "version": 1,
-}
+_MOVED_TO_ZOO = frozenset({"DIGITS_CLASSIFIER_CONFIG", "build_digits_classifier", "digits_classifier"})
 
 
-def build_digits_classifier(config: dict[str, Any]) -> DigitsCNN:
-    """An untrained :class:`DigitsCNN` from a configuration like :data:`DIGITS_CLASSIFIER_CONFIG`, seeded
-    by its ``"seed"`` (the global RNG is left as it was)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config["seed"])
-        return DigitsCNN(**config["model"])
+def __getattr__(name: str) -> Any:
+    """The reference-model names that moved to :mod:`xcf.models.zoo`, still reachable from here
+    (imported late: the zoo imports this module, never the reverse)."""
+    if name in _MOVED_TO_ZOO:
+        from xcf.models import zoo
 
-
-def digits_classifier(
-    cache_dir: Optional[str | os.PathLike] = None,
-    retrain: bool = False,
-    progress: bool = False,
-    overrides: Optional[dict[str, Any]] = None,
-) -> tuple[DigitsCNN, dict[str, Any]]:
-    """The reference digits classifier: a :class:`DigitsCNN` trained on ``load_digits("train")``.
-
-    Trained once (a few seconds on one CPU thread) and cached with :func:`xcf.models.io.cached_model`.
-
-    Args:
-        cache_dir: the model cache (default ``$XCF_CACHE`` or ``~/.cache/xcf``).
-        retrain: train again even if a cached model exists.
-        progress: show a progress bar while training.
-        overrides: settings that replace those of the reference configuration (e.g. shorter
-            training for a smoke test); they are part of the cache key.
-
-    Returns:
-        ``(model in eval mode, metrics)`` with ``test_accuracy``, ``train_accuracy`` and ``train_seconds``.
-
-    Example:
-        >>> model, metrics = digits_classifier()                 # doctest: +SKIP
-        >>> metrics["test_accuracy"] > 0.95                      # doctest: +SKIP
-        True
-    """
-    config = merged(DIGITS_CLASSIFIER_CONFIG, overrides)
-
-    def train(model: nn.Module) -> dict[str, Any]:
-        x, y = load_digits("train", **config["data"])
-        x_test, y_test = load_digits("test", **config["data"])
-        start = time.perf_counter()
-        history = train_classifier(model, x, y, seed=config["seed"], progress=progress, **config["train"])
-        seconds = time.perf_counter() - start
-        return {
-            "test_accuracy": accuracy(model, x_test, y_test),
-            "train_accuracy": accuracy(model, x, y),
-            "train_seconds": seconds,
-            "final_loss": history["loss"][-1],
-        }
-
-    return cached_model("digits-classifier", config, build_digits_classifier, train, directory=cache_dir,
-                        retrain=retrain)
+        return getattr(zoo, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,8 +33,6 @@ the flow was trained with; ``log2(L)`` for a uniform model).
 from __future__ import annotations
 
 import math
-import os
-import time
 from typing import Any, Optional
 
 import torch
@@ -47,11 +45,8 @@ from nflows.transforms.coupling import AffineCouplingTransform
 from nflows.transforms.normalization import ActNorm
 from nflows.transforms.reshape import SqueezeTransform
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from xcf._validation import preserved
-from xcf.datasets import DIGITS_LEVELS, load_digits
-from xcf.models.io import cached_model, merged
+from xcf.datasets import DIGITS_LEVELS, load_digits  # noqa: F401  (the doctests use load_digits)
 
 __all__ = [
     "Dequantize",
@@ -59,9 +54,6 @@ __all__ = [
     "BoundedAffineCoupling",
     "realnvp_flow",
     "glow_flow",
-    "train_flow",
-    "bits_per_dim",
-    "digits_flow",
 ]
 
 
@@ -357,265 +349,20 @@ def glow_flow(
     return _assemble(shape, levels, alpha, scales, make_scale)
 
 
-def _find_dequantize(flow: nn.Module) -> Optional[Dequantize]:
-    found = [m for m in flow.modules() if isinstance(m, Dequantize)]
-    if len(found) > 1:
-        raise ValueError(f"the flow contains {len(found)} Dequantize transforms; expected at most one")
-    return found[0] if found else None
+
+_MOVED_TO_ZOO = frozenset({"DIGITS_FLOW_CONFIGS", "build_digits_flow", "digits_flow"})
+_MOVED_TO_TRAINING = frozenset({"train_flow", "bits_per_dim"})
 
 
-def _check_flow_data(flow: Any, x: Any) -> None:
-    if not (isinstance(flow, nn.Module) and hasattr(flow, "log_prob")):
-        raise TypeError(f"flow must be an nflows Flow (an nn.Module with log_prob), got {type(flow).__name__}")
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2 or x.shape[0] == 0:
-        raise ValueError("x must be a non-empty floating-point tensor of shape (N, ...)")
+def __getattr__(name: str) -> Any:
+    """The reference-model names that moved to :mod:`xcf.models.zoo`, still reachable from here
+    (imported late: the zoo imports this module, never the reverse)."""
+    if name in _MOVED_TO_ZOO:
+        from xcf.models import zoo
 
+        return getattr(zoo, name)
+    if name in _MOVED_TO_TRAINING:
+        from xcf.models import flow_training
 
-def train_flow(
-    flow: Flow,
-    x: Tensor,
-    epochs: int = 50,
-    lr: float = 1e-3,
-    batch_size: int = 64,
-    seed: int = 0,
-    progress: bool = False,
-    clip: float = 10.0,
-    weight_decay: float = 0.0,
-    max_seconds: Optional[float] = None,
-) -> dict[str, Any]:
-    """Fit ``flow`` to ``x`` in place by maximum likelihood (Adam, cosine learning rate, gradient clipping).
-
-    The flow runs in training mode (fresh dequantisation noise per batch).  Before the first update a
-    plain forward pass on up to 512 samples initialises ActNorm layers from data.  Noise and
-    shuffling are drawn under ``seed`` (torch's global generator is left as it was).  The flow's mode
-    is restored at the end; call ``.eval()`` before using it as a chart.
-
-    Args:
-        flow: the flow (trained in place).
-        x: training data ``(N, ...)`` in the flow's pixel space.
-        epochs: passes over ``x``.
-        lr: peak Adam step size, cosine-annealed to 0.
-        batch_size: samples per update.
-        seed: seed of the noise and the shuffling.
-        progress: show a tqdm progress bar.
-        clip: gradient-norm clipping threshold.
-        weight_decay: AdamW weight decay.
-        max_seconds: stop after the first epoch that ends past this wall-clock budget.
-
-    Returns:
-        History: ``"nll"`` (mean ``-flow.log_prob`` per epoch, nats per sample), ``"bits_per_dim"``
-        (the same in bits per dimension, when the flow dequantises with :class:`Dequantize`),
-        ``"skipped"`` (updates skipped for a non-finite loss), ``"seconds"``.
-
-    Example:
-        >>> flow = realnvp_flow(hidden=8, blocks_per_scale=1)
-        >>> history = train_flow(flow, load_digits("train")[0][:128], epochs=2)
-        >>> len(history["nll"])
-        2
-    """
-    _check_flow_data(flow, x)
-    if epochs < 1 or batch_size < 1 or lr <= 0 or clip <= 0:
-        raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0, clip > 0; got {epochs}, {batch_size}, {lr}, {clip}")
-    dq = _find_dequantize(flow)
-    dims = x[0].numel()
-    offset = dims * math.log(dq.levels - 1) if dq is not None else None
-    n = x.shape[0]
-    n_batches = (n + batch_size - 1) // batch_size
-    params = [p for p in flow.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs * n_batches)
-    history: dict[str, Any] = {"nll": [], "bits_per_dim": [], "skipped": 0, "seconds": 0.0}
-    start = time.perf_counter()
-    was_training = flow.training
-    devices = [x.device.index or 0] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(seed))
-        generator = torch.Generator().manual_seed(int(seed))
-        flow.train()
-        try:
-            with torch.no_grad():  # data-dependent initialisation (ActNorm)
-                flow.log_prob(x[torch.randperm(n, generator=generator)[:512].to(x.device)])
-            for _ in tqdm(range(epochs), desc="flow", disable=not progress):
-                order = torch.randperm(n, generator=generator).to(x.device)
-                total = torch.zeros((), device=x.device, dtype=torch.float64)
-                count = 0
-                for i in range(n_batches):
-                    xb = x[order[i * batch_size : (i + 1) * batch_size]]
-                    loss = -flow.log_prob(xb).mean()
-                    if not bool(torch.isfinite(loss)):
-                        history["skipped"] += 1
-                        continue
-                    optimiser.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, clip)
-                    optimiser.step()
-                    scheduler.step()
-                    total += loss.detach() * xb.shape[0]
-                    count += xb.shape[0]
-                nll = float(total) / max(count, 1)
-                history["nll"].append(nll)
-                if offset is not None:
-                    history["bits_per_dim"].append((nll + offset) / (dims * math.log(2)))
-                if max_seconds is not None and time.perf_counter() - start > max_seconds:
-                    break
-        finally:
-            flow.train(was_training)
-    history["seconds"] = time.perf_counter() - start
-    return history
-
-
-def bits_per_dim(
-    flow: Flow,
-    x: Tensor,
-    levels: int = DIGITS_LEVELS,
-    dequantize: bool = True,
-    n_samples: int = 1,
-    seed: int = 0,
-    batch_size: int = 1024,
-) -> Tensor:
-    r"""Bits per dimension of each sample of ``L``-level data ``x`` under ``flow`` (no gradients).
-
-    ``bpd = (-log p_t(t) + D log L) / (D ln 2)`` where ``t`` is the dequantised variable in
-    ``(0, 1)^D``, ``t = (x (L - 1) + u) / L``, and ``p_t`` the flow's density of ``t``:
-
-    * ``dequantize=True``: ``u ~ U(0, 1)`` per pixel (drawn under ``seed``), averaged over
-      ``n_samples`` draws: the standard variational bound on the discrete code length.
-    * ``dequantize=False``: ``u = 1/2``, the deterministic eval-mode mapping.  This is how xcf scores
-      counterfactuals, which need not lie on the pixel grid, beside real digits.
-
-    For a flow built here (a :class:`Dequantize` inside), ``log p_t(t) = flow.log_prob(x) -
-    D log((L - 1) / L)`` with the flow in eval mode and its :class:`Dequantize` switched to noise for
-    ``dequantize=True``.  For a flow without one, the flow is taken to model ``t`` directly:
-    ``log p_t(t) = flow.log_prob(t)``.  The flow's modes are restored.
-
-    Args:
-        flow: the flow.
-        x: data ``(N, ...)`` in ``[0, 1]`` (``x = k / (L - 1)``).
-        levels: ``L``; must equal the flow's :class:`Dequantize` levels.
-        dequantize: uniform noise (``True``) or the cell centre (``False``).
-        n_samples: noise draws averaged (only with ``dequantize=True``).
-        seed: seed of the noise (torch's global generator is left as it was).
-        batch_size: samples per forward pass.
-
-    Returns:
-        ``(N,)`` bits per dimension, on ``x``'s device and dtype.
-
-    Example:
-        >>> flow = realnvp_flow(hidden=8, blocks_per_scale=1).eval()
-        >>> bits_per_dim(flow, load_digits("test")[0][:5], dequantize=False).shape
-        torch.Size([5])
-    """
-    _check_flow_data(flow, x)
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
-        raise ValueError(f"levels must be an int >= 2, got {levels!r}")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
-    dq = _find_dequantize(flow)
-    if dq is not None and dq.levels != levels:
-        raise ValueError(f"levels={levels} but the flow dequantises {dq.levels} levels")
-    dims = x[0].numel()
-    L = levels
-    total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-    devices = [x.device.index or 0] if x.device.type == "cuda" else []
-    with preserved(flow), torch.no_grad(), torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(seed))
-        flow.eval()
-        if dq is not None and dequantize:
-            dq.train()
-        for _ in range(n_samples if dequantize else 1):
-            for i in range(0, x.shape[0], batch_size):
-                xb = x[i : i + batch_size]
-                if dq is not None:
-                    log_pt = flow.log_prob(xb) - dims * math.log((L - 1) / L)
-                else:
-                    u = torch.rand_like(xb) if dequantize else 0.5
-                    log_pt = flow.log_prob((xb * (L - 1) + u) / L)
-                total[i : i + batch_size] += -log_pt.to(torch.float64)
-    nll = total / (n_samples if dequantize else 1)
-    return ((nll + dims * math.log(L)) / (dims * math.log(2))).to(x.dtype)
-
-
-DIGITS_FLOW_CONFIGS: dict[str, dict[str, Any]] = {
-    "realnvp": {
-        "kind": "realnvp",
-        "model": {
-            "shape": [1, 8, 8], "levels": DIGITS_LEVELS, "hidden": 64, "blocks_per_scale": 2, "scales": 2,
-            "alpha": 0.01, "scale_bound": 2.0, "dropout": 0.3,
-        },
-        "train": {"epochs": 50, "lr": 2e-3, "batch_size": 128},
-        "data": {"seed": 0, "test_size": 0.25},
-        "seed": 0,
-        "version": 1,
-    },
-    "glow": {
-        "kind": "glow",
-        "model": {
-            "shape": [1, 8, 8], "levels": DIGITS_LEVELS, "hidden": 64, "steps_per_scale": 8, "scales": 2,
-            "alpha": 0.01, "scale_bound": 2.0, "dropout": 0.2,
-        },
-        "train": {"epochs": 40, "lr": 2e-3, "batch_size": 128},
-        "data": {"seed": 0, "test_size": 0.25},
-        "seed": 0,
-        "version": 1,
-    },
-}
-"""Settings of :func:`digits_flow`, tuned for test bits/dim within about 75 s of training on one CPU thread."""
-
-
-def _build_digits_flow(config: dict[str, Any]) -> Flow:
-    builder = realnvp_flow if config["kind"] == "realnvp" else glow_flow
-    model = dict(config["model"])
-    model["shape"] = tuple(model["shape"])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config["seed"])
-        return builder(**model)
-
-
-def digits_flow(
-    kind: str = "realnvp",
-    cache_dir: Optional[str | os.PathLike] = None,
-    retrain: bool = False,
-    progress: bool = False,
-    overrides: Optional[dict[str, Any]] = None,
-) -> tuple[Flow, dict[str, Any]]:
-    """The reference flow on the digits: RealNVP or Glow trained on ``load_digits("train")``.
-
-    Trained once (about a minute on one CPU thread) and cached with
-    :func:`xcf.models.io.cached_model`.
-
-    Args:
-        kind: ``"realnvp"`` or ``"glow"``.
-        cache_dir: the model cache (default ``$XCF_CACHE`` or ``~/.cache/xcf``).
-        retrain: train again even if a cached model exists.
-        progress: show a progress bar while training.
-        overrides: settings that replace those of the reference configuration (e.g. shorter
-            training for a smoke test); they are part of the cache key.
-
-    Returns:
-        ``(flow in eval mode, metrics)``; metrics hold ``test_bits_per_dim`` (uniform dequantisation),
-        ``test_bits_per_dim_center`` (``dequantize=False``), ``train_bits_per_dim`` and
-        ``train_seconds``.
-
-    Example:
-        >>> flow, metrics = digits_flow("glow")                   # doctest: +SKIP
-        >>> metrics["test_bits_per_dim"]                          # doctest: +SKIP
-    """
-    if kind not in DIGITS_FLOW_CONFIGS:
-        raise ValueError(f"kind must be one of {sorted(DIGITS_FLOW_CONFIGS)}, got {kind!r}")
-    config = merged(DIGITS_FLOW_CONFIGS[kind], overrides)
-
-    def train(flow: nn.Module) -> dict[str, Any]:
-        x, _ = load_digits("train", **config["data"])
-        x_test, _ = load_digits("test", **config["data"])
-        history = train_flow(flow, x, seed=config["seed"], progress=progress, **config["train"])
-        flow.eval()
-        levels = config["model"]["levels"]
-        return {
-            "test_bits_per_dim": float(bits_per_dim(flow, x_test, levels, n_samples=4).mean()),
-            "test_bits_per_dim_center": float(bits_per_dim(flow, x_test, levels, dequantize=False).mean()),
-            "train_bits_per_dim": float(bits_per_dim(flow, x, levels).mean()),
-            "train_seconds": history["seconds"],
-            "epochs": len(history["nll"]),
-        }
-
-    return cached_model(f"digits-flow-{kind}", config, _build_digits_flow, train, directory=cache_dir, retrain=retrain)
+        return getattr(flow_training, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

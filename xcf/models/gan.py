@@ -14,22 +14,22 @@ Two losses are offered (``s = D(x)`` is a logit, ``σ`` the logistic function):
   ``D(G(z)) - D(x) + λ (||∇D(x̂)||₂ - 1)²`` at random interpolates ``x̂`` of real and fake
   samples, ``G`` minimises ``-D(G(z))``; the critic takes ``n_critic`` steps per generator step.
 
-:func:`digits_gan` trains the reference generator of the digits default (about a minute on one
+:func:`xcf.models.zoo.digits_gan` trains the reference generator of the digits default (about a minute on one
 CPU thread) and caches it with :func:`xcf.models.io.cached_model`.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-__all__ = ["DCGANGenerator", "DCGANDiscriminator", "train_gan", "digits_gan"]
+from xcf.models.training import TrainContext, fit
+
+__all__ = ["DCGANGenerator", "DCGANDiscriminator", "train_gan"]
 
 _SIZES = (8, 28)
 
@@ -44,7 +44,7 @@ class DCGANGenerator(nn.Module):
     """``z -> x``: linear layer to a ``(4w, s/4, s/4)`` map, two ``ConvTranspose2d(4, 2, 1)`` + sigmoid.
 
     BatchNorm follows the linear layer and the first transposed convolution (train it in training
-    mode; use it in eval mode, as :func:`train_gan` and :func:`digits_gan` leave it).
+    mode; use it in eval mode, as :func:`train_gan` and :func:`xcf.models.zoo.digits_gan` leave it).
 
     Args:
         latent_dim: dimension ``d`` of ``z``.
@@ -140,6 +140,11 @@ def _gradient_penalty(D: nn.Module, real: Tensor, fake: Tensor, gen: torch.Gener
     return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
 
 
+def _rounded(value: float, dtype: torch.dtype) -> float:
+    """``value`` rounded to ``dtype``'s precision."""
+    return float(torch.tensor(value, dtype=torch.float64).to(dtype))
+
+
 def _recalibrate_batchnorm(
     G: nn.Module, latent_dim: int, gen: torch.Generator, dtype: torch.dtype, device: torch.device,
     batches: int = 20, batch_size: int = 256,
@@ -182,7 +187,9 @@ def train_gan(
     """Train ``G`` and ``D`` in place on images ``x``; both are left in eval mode.
 
     Latents, shuffling and interpolation weights come from a ``torch.Generator`` seeded with
-    ``seed`` (model initialisation is the caller's business), so a run is reproducible.
+    ``seed`` (model initialisation is the caller's business), so a run is reproducible.  The loop is
+    :func:`xcf.models.training.fit` with one Adam optimiser per network, a constant learning rate and
+    the short last batch of each epoch dropped.
 
     Args:
         G: generator ``z -> x``; must have an integer attribute ``latent_dim``.
@@ -200,12 +207,13 @@ def train_gan(
         ema: if given (e.g. ``0.999``), ``G`` ends with an exponential moving average of its weights
             over the generator steps (``θ̄ ← ema·θ̄ + (1 - ema)·θ``), which smooths the oscillation
             of adversarial training; its BatchNorm statistics are then re-estimated on prior samples.
-        max_seconds: stop after the epoch during which this much time has passed.
+        max_seconds: wall-clock budget: training stops at the first batch that starts after it.
 
     Returns:
         ``{"d_loss": [...], "g_loss": [...]}`` (per-epoch means; for ``"wgan-gp"`` ``d_loss``
         includes the penalty and ``"wasserstein"`` holds the critic's estimate ``E D(x) - E D(G(z))``),
-        plus ``"epochs"``, ``"steps"`` (generator updates) and ``"seconds"``.
+        plus ``"epochs"``, ``"steps"`` (generator updates), ``"updates"`` (batches with an update),
+        ``"capped"`` and ``"seconds"``.
 
     Example:
         >>> G, D = DCGANGenerator(8, 8), DCGANDiscriminator(8)
@@ -232,152 +240,70 @@ def train_gan(
     betas = ((0.5, 0.999) if loss == "ns" else (0.0, 0.9)) if betas is None else betas
     device = x.device
     gen = torch.Generator(device=device).manual_seed(seed)
-    opt_g = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=lr, betas=betas)
-    n = x.shape[0]
-    batch_size = min(batch_size, n)
-    history: dict[str, Any] = {"d_loss": [], "g_loss": []}
-    if loss == "wgan-gp":
-        history["wasserstein"] = []
-    t0 = time.perf_counter()
-    g_steps = 0
-    k = 0  # discriminator steps since the last generator step
     params = [p for p in G.parameters() if p.requires_grad]
     averaged = [p.detach().clone() for p in params] if ema is not None else None
-    G.train()
-    D.train()
+    state = {"k": 0, "g_steps": 0}  # discriminator steps since the last generator step; generator updates
+
+    def step(real: Tensor, ctx: TrainContext):
+        z = torch.randn(real.shape[0], latent_dim, generator=gen, device=device, dtype=x.dtype)
+        with torch.no_grad():
+            fake = G(z)
+        d_out = D(torch.cat([real, fake]))  # one pass: D has no batch coupling
+        d_real, d_fake = d_out[: real.shape[0]], d_out[real.shape[0]:]
+        stats: dict[str, Tensor] = {}
+        if loss == "ns":
+            d_loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+        else:
+            w = d_real.mean() - d_fake.mean()
+            d_loss = -w + gp_weight * _gradient_penalty(D, real, fake, gen)
+            stats["wasserstein"] = w
+        ctx.update(d_loss, "discriminator")
+        stats["d_loss"] = d_loss
+        state["k"] += 1
+        if state["k"] < n_critic:
+            return None, stats
+        state["k"] = 0
+        z = torch.randn(real.shape[0], latent_dim, generator=gen, device=device, dtype=x.dtype)
+        out = D(G(z))
+        g_loss = F.softplus(-out).mean() if loss == "ns" else -out.mean()
+        ctx.update(g_loss, "generator")
+        if averaged is not None:
+            torch._foreach_lerp_(averaged, [p.detach() for p in params], 1.0 - ema)
+        stats["g_loss"] = g_loss
+        state["g_steps"] += 1
+        return None, stats
+
     try:
-        for _ in tqdm(range(epochs), desc=f"GAN ({loss})", disable=not progress, leave=False):
-            order = torch.randperm(n, generator=gen, device=device)
-            sums = torch.zeros(3, dtype=x.dtype, device=device)
-            counts = torch.zeros(2, dtype=x.dtype, device=device)
-            for i in range(0, n - batch_size + 1, batch_size):
-                real = x[order[i:i + batch_size]]
-                z = torch.randn(real.shape[0], latent_dim, generator=gen, device=device, dtype=x.dtype)
-                with torch.no_grad():
-                    fake = G(z)
-                d_out = D(torch.cat([real, fake]))  # one pass: D has no batch coupling
-                d_real, d_fake = d_out[: real.shape[0]], d_out[real.shape[0]:]
-                if loss == "ns":
-                    d_loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
-                else:
-                    w = d_real.mean() - d_fake.mean()
-                    d_loss = -w + gp_weight * _gradient_penalty(D, real, fake, gen)
-                    sums[2] += w.detach()
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_d.step()
-                sums[0] += d_loss.detach()
-                counts[0] += 1
-                k += 1
-                if k < n_critic:
-                    continue
-                k = 0
-                z = torch.randn(real.shape[0], latent_dim, generator=gen, device=device, dtype=x.dtype)
-                out = D(G(z))
-                g_loss = F.softplus(-out).mean() if loss == "ns" else -out.mean()
-                opt_g.zero_grad(set_to_none=True)
-                g_loss.backward()
-                opt_g.step()
-                if averaged is not None:
-                    torch._foreach_lerp_(averaged, [p.detach() for p in params], 1.0 - ema)
-                sums[1] += g_loss.detach()
-                counts[1] += 1
-                g_steps += 1
-            means = (sums[:2] / counts.clamp_min(1)).tolist()
-            history["d_loss"].append(means[0])
-            history["g_loss"].append(means[1] if float(counts[1]) else math.nan)
-            if loss == "wgan-gp":
-                history["wasserstein"].append(float(sums[2] / counts[0].clamp_min(1)))
-            if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
-                break
+        out = fit({"discriminator": D, "generator": G}, step, x, epochs=epochs, batch_size=batch_size, lr=lr,
+                  optimiser="adam", betas=tuple(betas), schedule="constant", drop_last=True,
+                  max_seconds=max_seconds, seed=seed, generator=gen, progress=progress, desc=f"GAN ({loss})")
     finally:
-        opt_g.zero_grad(set_to_none=True)
-        opt_d.zero_grad(set_to_none=True)
         G.eval()
         D.eval()
+    g_steps = state["g_steps"]
     if averaged is not None and g_steps:
         with torch.no_grad():
             for p, a in zip(params, averaged):
                 p.copy_(a)
         _recalibrate_batchnorm(G, latent_dim, gen, x.dtype, device)
-    history["epochs"] = len(history["d_loss"])
+    keys = ("d_loss", "g_loss", "wasserstein") if loss == "wgan-gp" else ("d_loss", "g_loss")
+    # per-epoch means in the data's precision (as the losses were computed)
+    history: dict[str, Any] = {k: [_rounded(v, x.dtype) for v in out.pop(k, [math.nan] * out["epochs"])] for k in keys}
+    history.update(out)
     history["steps"] = g_steps
-    history["seconds"] = time.perf_counter() - t0
+    history["updates"] = out["steps"]
+    history["seconds"] = out["seconds"]
     return history
 
 
-#: settings of the reference digits GAN (part of the cache key)
-DIGITS_GAN_CONFIG: dict[str, Any] = {
-    "latent_dim": 16,
-    "image_size": 8,
-    "channels": 1,
-    "width": 16,
-    "loss": "ns",
-    "epochs": 150,
-    "lr": 5e-4,
-    "batch_size": 64,
-    "ema": 0.999,
-    "seed": 0,
-    "data": "digits-train",
-}
+_MOVED_TO_ZOO = frozenset({"DIGITS_GAN_CONFIG", "build_digits_gan", "digits_gan"})
 
 
-def _build_generator(config: dict[str, Any]) -> DCGANGenerator:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config["seed"])
-        return DCGANGenerator(config["latent_dim"], config["image_size"], config["channels"], config["width"])
+def __getattr__(name: str) -> Any:
+    """The reference-model names that moved to :mod:`xcf.models.zoo`, still reachable from here
+    (imported late: the zoo imports this module, never the reverse)."""
+    if name in _MOVED_TO_ZOO:
+        from xcf.models import zoo
 
-
-def digits_gan(
-    cache_dir: Optional[str] = None,
-    retrain: bool = False,
-    progress: bool = False,
-    overrides: Optional[dict[str, Any]] = None,
-) -> tuple[DCGANGenerator, dict[str, Any]]:
-    """The reference GAN generator of the digits default (8x8, ``z ∈ R^16``), trained once and cached.
-
-    Trains :class:`DCGANGenerator` / :class:`DCGANDiscriminator` with the non-saturating loss on the
-    training split of :func:`xcf.datasets.load_digits` (150 epochs, about a minute on one CPU
-    thread), keeps an exponential moving average of the generator's weights (``ema=0.999``), and
-    caches the generator with :func:`xcf.models.io.cached_model`.
-
-    Args:
-        cache_dir: the model cache (default ``$XCF_CACHE`` or ``~/.cache/xcf``).
-        retrain: ignore a cached file.
-        progress: show a progress bar while training.
-        overrides: settings that replace those of the reference configuration (e.g.
-            ``{"epochs": 2}`` for a smoke test); they are part of the cache key.
-
-    Returns:
-        ``(generator in eval mode, metrics)``; metrics hold the final losses, epochs and seconds.
-
-    Example:
-        >>> G, metrics = digits_gan()                        # doctest: +SKIP
-        >>> G(torch.randn(4, G.latent_dim)).shape            # doctest: +SKIP
-        torch.Size([4, 1, 8, 8])
-    """
-    from xcf.datasets import load_digits
-    from xcf.models.io import cached_model, merged
-
-    config = merged(DIGITS_GAN_CONFIG, overrides)
-
-    def train(G: nn.Module) -> dict[str, Any]:
-        x, _ = load_digits("train")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config["seed"] + 1)
-            D = DCGANDiscriminator(config["image_size"], config["channels"], config["width"])
-        history = train_gan(
-            G, D, x, loss=config["loss"], epochs=config["epochs"], lr=config["lr"],
-            batch_size=config["batch_size"], seed=config["seed"], progress=progress, ema=config["ema"],
-        )
-        return {
-            "d_loss": history["d_loss"][-1],
-            "g_loss": history["g_loss"][-1],
-            "epochs": history["epochs"],
-            "steps": history["steps"],
-            "train_seconds": history["seconds"],
-        }
-
-    model, metrics = cached_model("digits-gan", config, _build_generator, train, cache_dir, retrain)
-    return model, metrics
+        return getattr(zoo, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,21 +10,21 @@ per image
 with ``BCE`` summed over pixels and ``KL = ½ Σ (μ² + σ² - log σ² - 1)``.
 
 The decoder is the generator of approximate counterfactuals (``xcf.ApproximateCounterfactual(f,
-vae.decoder, (d,), encoder=vae.encode)``); :func:`digits_vae` trains the reference model of the
+vae.decoder, (d,), encoder=vae.encode)``); :func:`xcf.models.zoo.digits_vae` trains the reference model of the
 digits default (about half a minute on one CPU thread) and caches it.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-__all__ = ["VAE", "train_vae", "vae_loss", "digits_vae"]
+from xcf.models.training import TrainContext, fit
+
+__all__ = ["VAE", "train_vae", "vae_loss"]
 
 _SIZES = (8, 28)
 
@@ -127,7 +127,9 @@ def train_vae(
 ) -> dict[str, Any]:
     """Train ``vae`` in place on images ``x`` in ``[0, 1]`` (negative ELBO with Adam); leaves it in eval mode.
 
-    Shuffling and the reparameterisation noise come from a ``torch.Generator`` seeded with ``seed``.
+    Shuffling and the reparameterisation noise come from a ``torch.Generator`` seeded with ``seed``.  The
+    loop is :func:`xcf.models.training.fit` (Adam, constant learning rate, the short last batch of each
+    epoch dropped).
 
     Args:
         vae: the model.
@@ -138,11 +140,11 @@ def train_vae(
         beta: weight of the KL term (1 is the ELBO).
         seed: seed of the training randomness.
         progress: show a tqdm bar over epochs.
-        max_seconds: stop after the epoch during which this much time has passed.
+        max_seconds: wall-clock budget: training stops at the first batch that starts after it.
 
     Returns:
         ``{"loss": [...], "reconstruction": [...], "kl": [...]}`` (per-epoch means per image, in nats),
-        plus ``"epochs"`` and ``"seconds"``.
+        plus the loop's ``"epochs"``, ``"steps"``, ``"capped"`` and ``"seconds"``.
 
     Example:
         >>> history = train_vae(VAE(4, 8), torch.rand(32, 1, 8, 8), epochs=2)
@@ -158,111 +160,34 @@ def train_vae(
                          f"{epochs}, {batch_size}, {lr}, {beta}")
     device = x.device
     gen = torch.Generator(device=device).manual_seed(seed)
-    opt = torch.optim.Adam(vae.parameters(), lr=lr)
-    n = x.shape[0]
-    batch_size = min(batch_size, n)
-    history: dict[str, Any] = {"loss": [], "reconstruction": [], "kl": []}
-    t0 = time.perf_counter()
-    vae.train()
+
+    def step(xb: Tensor, ctx: TrainContext):
+        eps = torch.randn(xb.shape[0], vae.latent_dim, generator=gen, device=device, dtype=x.dtype)
+        loss, rec, kl = vae_loss(vae, xb, eps, beta)
+        return loss, {"loss": loss, "reconstruction": rec, "kl": kl}
+
     try:
-        for _ in tqdm(range(epochs), desc="VAE", disable=not progress, leave=False):
-            order = torch.randperm(n, generator=gen, device=device)
-            sums = torch.zeros(3, dtype=x.dtype, device=device)
-            count = 0
-            for i in range(0, n - batch_size + 1, batch_size):
-                xb = x[order[i:i + batch_size]]
-                eps = torch.randn(xb.shape[0], vae.latent_dim, generator=gen, device=device, dtype=x.dtype)
-                loss, rec, kl = vae_loss(vae, xb, eps, beta)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sums += torch.stack([loss, rec, kl]).detach()
-                count += 1
-            means = (sums / max(count, 1)).tolist()
-            for key, value in zip(("loss", "reconstruction", "kl"), means):
-                history[key].append(value)
-            if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
-                break
+        out = fit(vae, step, x, epochs=epochs, batch_size=batch_size, lr=lr, optimiser="adam", schedule="constant",
+                  drop_last=True, max_seconds=max_seconds, seed=seed, generator=gen, progress=progress, desc="VAE")
     finally:
-        opt.zero_grad(set_to_none=True)
         vae.eval()
-    history["epochs"] = len(history["loss"])
-    history["seconds"] = time.perf_counter() - t0
+    # per-epoch means in the data's precision (as the losses were computed)
+    history: dict[str, Any] = {
+        key: [float(torch.tensor(v, dtype=torch.float64).to(x.dtype)) for v in out.pop(key, [])]
+        for key in ("loss", "reconstruction", "kl")
+    }
+    history.update(out)
     return history
 
 
-#: settings of the reference digits VAE (part of the cache key)
-DIGITS_VAE_CONFIG: dict[str, Any] = {
-    "latent_dim": 16,
-    "image_size": 8,
-    "channels": 1,
-    "width": 32,
-    "epochs": 100,
-    "lr": 2e-3,
-    "batch_size": 64,
-    "beta": 0.25,
-    "seed": 0,
-    "data": "digits-train",
-}
+_MOVED_TO_ZOO = frozenset({"DIGITS_VAE_CONFIG", "build_digits_vae", "digits_vae"})
 
 
-def _build_vae(config: dict[str, Any]) -> VAE:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config["seed"])
-        return VAE(config["latent_dim"], config["image_size"], config["channels"], config["width"])
+def __getattr__(name: str) -> Any:
+    """The reference-model names that moved to :mod:`xcf.models.zoo`, still reachable from here
+    (imported late: the zoo imports this module, never the reverse)."""
+    if name in _MOVED_TO_ZOO:
+        from xcf.models import zoo
 
-
-def digits_vae(
-    cache_dir: Optional[str] = None,
-    retrain: bool = False,
-    progress: bool = False,
-    overrides: Optional[dict[str, Any]] = None,
-) -> tuple[VAE, dict[str, Any]]:
-    """The reference VAE of the digits default (8x8, ``z ∈ R^16``), trained once and cached.
-
-    Trained on the training split of :func:`xcf.datasets.load_digits` with ``β = 0.25`` (sharper
-    reconstructions than ``β = 1`` at an equal Fréchet distance of its samples; about 25 s on one CPU
-    thread) and cached with :func:`xcf.models.io.cached_model`.
-
-    Args:
-        cache_dir: the model cache (default ``$XCF_CACHE`` or ``~/.cache/xcf``).
-        retrain: ignore a cached file.
-        progress: show a progress bar while training.
-        overrides: settings that replace those of the reference configuration (e.g.
-            ``{"epochs": 2}`` for a smoke test); they are part of the cache key.
-
-    Returns:
-        ``(vae in eval mode, metrics)``; use ``vae.decoder`` as the generator and ``vae.encode`` as
-        the encoder.  Metrics hold the final training loss terms, the test negative ELBO, epochs and seconds.
-
-    Example:
-        >>> vae, metrics = digits_vae()                                  # doctest: +SKIP
-        >>> explainer = ApproximateCounterfactual(f, vae.decoder, (vae.latent_dim,), encoder=vae.encode)  # doctest: +SKIP
-    """
-    from xcf.datasets import load_digits
-    from xcf.models.io import cached_model, merged
-
-    config = merged(DIGITS_VAE_CONFIG, overrides)
-
-    def train(vae: nn.Module) -> dict[str, Any]:
-        x, _ = load_digits("train")
-        history = train_vae(
-            vae, x, epochs=config["epochs"], lr=config["lr"], batch_size=config["batch_size"],
-            beta=config["beta"], seed=config["seed"], progress=progress,
-        )
-        x_test, _ = load_digits("test")
-        gen = torch.Generator().manual_seed(config["seed"] + 1)
-        with torch.no_grad():
-            eps = torch.randn(x_test.shape[0], vae.latent_dim, generator=gen)
-            test_loss = float(vae_loss(vae, x_test, eps, config["beta"])[0])
-        return {
-            "loss": history["loss"][-1],
-            "reconstruction": history["reconstruction"][-1],
-            "kl": history["kl"][-1],
-            "test_loss": test_loss,
-            "epochs": history["epochs"],
-            "train_seconds": history["seconds"],
-        }
-
-    model, metrics = cached_model("digits-vae", config, _build_vae, train, cache_dir, retrain)
-    return model, metrics
+        return getattr(zoo, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

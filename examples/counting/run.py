@@ -9,7 +9,7 @@ direction, the success rate, the regressor's mean count before and after, the me
 ``examples/figures/counting.png``.
 
 Usage:
-    python examples/counting.py [--quick] [--retrain] [--out examples/figures/counting.png]
+    python examples/counting/run.py [--quick] [--retrain] [--out examples/figures/counting.png]
 
 A few minutes on one CPU thread the first time (mostly the flow's training); ``--quick`` takes seconds.
 """
@@ -17,6 +17,7 @@ A few minutes on one CPU thread the first time (mostly the flow's training); ``-
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -26,7 +27,9 @@ matplotlib.use("Agg")
 
 import torch  # noqa: E402
 
-from xcf.counting import counting_figure, counting_models, run_counting_example  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the example's own module, beside this script
+
+from counting import counting_figure, counting_models, run_counting_example  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny models and few images (seconds)")
     parser.add_argument("--retrain", action="store_true", help="ignore cached models")
     parser.add_argument("--cache-dir", default=None, help="model cache (default $XCF_CACHE or ~/.cache/xcf)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "figures" / "counting.png"))
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "figures" / "counting.png"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)

@@ -1,5 +1,8 @@
 r"""Counting: counterfactuals for a regression model ("what would this image look like with more objects?").
 
+An example built on xcf's public API only (run it with ``python examples/counting/run.py``; import it
+by putting ``examples/counting`` on ``sys.path``).
+
 A synthetic data set the code makes itself, a small counting regressor, a flow on the images, and
 counterfactuals toward more and fewer objects, in a flow's base space and in pixel space.
 
@@ -26,7 +29,7 @@ regressor ``f``: *more* is ``f(x') >= c + 1.5`` (the rounded count is at least `
 :class:`~xcf.explain.diffeomorphic.DiffeomorphicCounterfactual` (ascent in the base space of a
 RealNVP trained on the images) and in pixel space (the identity chart, clamped to ``[0, 1]``).
 Each is judged by the regressor (success, count before and after), by the data
-(:func:`xcf.regression.knn_target_mean`: the mean true count of the 10 nearest training images)
+(:func:`xcf.knn_target_mean`: the mean true count of the 10 nearest training images)
 and by the oracle :func:`count_blobs`.
 """
 
@@ -42,16 +45,16 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from xcf.charts.pixel import PixelChart
-from xcf.explain.base import CounterfactualExplainer
-from xcf.explain.diffeomorphic import DiffeomorphicCounterfactual
-from xcf.models.flows import realnvp_flow, train_flow
-from xcf.models.io import cached_model
-from xcf.objectives import ScalarTarget
-from xcf.regression import knn_target_mean
-from xcf.search import CounterfactualResult
+from xcf import (
+    CounterfactualExplainer,
+    CounterfactualResult,
+    DiffeomorphicCounterfactual,
+    PixelChart,
+    ScalarTarget,
+    knn_target_mean,
+)
+from xcf.models import TrainContext, cached_model, fit, realnvp_flow, train_flow
 
 __all__ = [
     "make_counting_data",
@@ -200,8 +203,11 @@ def train_regressor(
     noise: float = 0.0,
     seed: int = 0,
     progress: bool = False,
-) -> dict[str, list[float]]:
+    max_seconds: Optional[float] = None,
+) -> dict[str, Any]:
     """Fit ``model`` in place by the mean squared error to ``y`` (AdamW, cosine-annealed ``lr``).
+
+    The loop is :func:`xcf.models.training.fit`; the augmentation draws from its seeded generator.
 
     Optional augmentation, drawn per image: ``x <- clip(g x + a u, 0, 1)`` with gain ``g ~ U(gain)``,
     amplitude ``a ~ U(0, noise)`` and per-pixel ``u ~ U(0, 1)``; the target is unchanged.  It
@@ -217,9 +223,17 @@ def train_regressor(
         noise: largest amplitude of the additive noise (0: none).
         seed: seed of the shuffling and the augmentation (model initialisation is the caller's).
         progress: show a tqdm bar.
+        max_seconds: wall-clock budget (the cosine schedule then follows the elapsed time).
 
     Returns:
-        ``{"mse": [mean training loss per epoch]}``; the model's mode is restored.
+        ``{"mse": [mean training loss per epoch]}`` plus the loop's ``epochs``, ``steps``, ``capped``,
+        ``lr`` and ``seconds``; the model's mode is restored.
+
+    Example:
+        >>> x, c = make_counting_data(64, seed=1)
+        >>> history = train_regressor(CountingCNN(width=4), x, c, epochs=1)
+        >>> len(history["mse"])
+        1
     """
     if not isinstance(x, Tensor) or not isinstance(y, Tensor) or x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise ValueError("x and y must be tensors with the same, non-zero number of samples")
@@ -243,30 +257,15 @@ def train_regressor(
             xb = xb + (a * u).to(xb.device)
         return xb.clamp(0.0, 1.0) if gain is not None or noise > 0 else xb
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    n = x.shape[0]
-    n_batches = (n + batch_size - 1) // batch_size
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs * n_batches)
-    history: dict[str, list[float]] = {"mse": []}
-    was_training = model.training
-    model.train()
-    try:
-        for _ in tqdm(range(epochs), desc="regressor", disable=not progress):
-            order = torch.randperm(n, generator=generator).to(x.device)
-            total = torch.zeros((), device=x.device)
-            for i in range(n_batches):
-                idx = order[i * batch_size:(i + 1) * batch_size]
-                loss = F.mse_loss(model(augment(x[idx])), y[idx])
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                scheduler.step()
-                total += loss.detach() * idx.numel()
-            history["mse"].append(float(total) / n)
-    finally:
-        model.train(was_training)
-    return history
+    def step(batch: tuple[Tensor, Tensor], ctx: TrainContext):
+        xb, yb = batch
+        loss = F.mse_loss(model(augment(xb)), yb)
+        return loss, {"mse": (loss.detach() * yb.numel(), yb.numel())}
+
+    out = fit(model, step, (x, y), epochs=epochs, batch_size=batch_size, lr=lr, optimiser="adamw", weight_decay=1e-4,
+              schedule="cosine", max_seconds=max_seconds, seed=int(seed), generator=generator, progress=progress,
+              desc="regressor")
+    return out
 
 
 # ------------------------------------------------------------------------------------ the models
