@@ -231,14 +231,16 @@ def _run_config(job: _Job) -> dict[str, Any]:
 
 
 def _open_store(job: _Job, out: Path, dist: DistContext, num_batches: int) -> ShardStore:
-    # Rank 0 creates (or checks) the store and clears leftovers of killed writes before anyone writes.
+    # Rank 0 takes the store's lock, creates (or checks) the store and clears leftovers of killed writes
+    # before anyone writes; the other ranks of the same run join it without the lock.
     store = None
     if dist.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         store = ShardStore(out / "store", _run_config(job), num_batches, overwrite=job.overwrite)
     dist.barrier()
     if store is None:
-        store = ShardStore(out / "store", _run_config(job), num_batches, create=False, clean_partial=False)
+        store = ShardStore(out / "store", _run_config(job), num_batches, create=False, clean_partial=False,
+                           lock=False)
     return store
 
 
@@ -301,6 +303,13 @@ def _explain_batch(job: _Job, b: int, x: Tensor, y: Optional[Tensor], timing: di
 def _run(job: _Job, out: Path, dist: DistContext) -> StreamOutcome:
     num_batches = math.ceil(job.n / job.batch_size)
     store = _open_store(job, out, dist, num_batches)
+    try:
+        return _loop(job, store, dist, num_batches)
+    finally:
+        store.close()  # the lock goes with this call, whether it returns or raises
+
+
+def _loop(job: _Job, store: ShardStore, dist: DistContext, num_batches: int) -> StreamOutcome:
     done = store.finished()
     mine = list(range(dist.rank, num_batches, dist.world_size))
     todo = [b for b in mine if b not in done]
@@ -342,7 +351,7 @@ def _run(job: _Job, out: Path, dist: DistContext) -> StreamOutcome:
         bar.close()
     for (name, category), (count, example) in warned.items():
         warnings.warn(f"{name}: {count} warning(s) in {len(computed)} batches of this process, e.g. {example}",
-                      category, stacklevel=3)
+                      category, stacklevel=4)
     timing["loop"] = time.perf_counter() - t_loop
     images = sum(min(job.batch_size, job.n - b * job.batch_size) for b in computed)
     _write_timing(store, dist, timing, images)
