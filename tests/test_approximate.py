@@ -90,31 +90,6 @@ def test_result_contract():
     assert (logits.softmax(1).gather(1, res.target[:, None]).squeeze(1) >= 0.6 - 1e-4).all()
 
 
-def test_attribute_tuple_and_no_grad():
-    G, f = generator(), classifier()
-    x = data(G, 3)
-    explainer = ApproximateCounterfactual(f, G, 3, restarts=2, inversion_steps=100)
-    with torch.no_grad():  # as Captum's metrics call explainers
-        diff = explainer.attribute(x, target=1, steps=20, lr=5e-2)
-        (diff_t,) = explainer.attribute((x,), target=1, steps=20, lr=5e-2)
-    assert diff.shape == x.shape and torch.allclose(diff, diff_t)
-
-
-def test_batched_equals_per_example():
-    # float64, so that the batch's different summation order stays far below the tolerance
-    G = LogitLinear().double().eval()
-    f = LatentReader(G).double().eval()
-    x = data(G, 4)
-    explainer = ApproximateCounterfactual(f, G, (3,), restarts=3, inversion_steps=150)
-    batch = explainer.counterfactual(x, target=2, confidence=0.9, steps=200, lr=5e-2)
-    assert len(set(batch.steps.tolist())) > 1  # samples stop at different steps
-    for i in range(4):
-        one = explainer.counterfactual(x[i:i + 1], target=2, confidence=0.9, steps=200, lr=5e-2)
-        assert torch.allclose(one.counterfactual[0], batch.counterfactual[i], atol=1e-8)
-        assert one.steps[0] == batch.steps[i]
-        assert torch.allclose(one.reconstruction_error[0], batch.reconstruction_error[i], atol=1e-10)
-
-
 def test_encoder_path_with_vae_style_tuple():
     G, f = generator(), classifier()
     x = data(G, 4)

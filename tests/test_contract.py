@@ -19,8 +19,12 @@ import xcf
 
 
 def _classifier():
+    """A linear classifier sharp enough that every search can reach a target, at different steps."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    clf = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).double().eval()
+    with torch.no_grad():
+        clf[1].weight.mul_(8.0)
+    return clf
 
 
 def _flow():
@@ -30,12 +34,12 @@ def _flow():
     for _ in range(2):
         layers += [AffineCouplingTransform(mask, lambda i, o: ResidualNet(i, o, hidden_features=16, num_blocks=1)),
                    ReversePermutation(16)]
-    return Flow(CompositeTransform(layers), StandardNormal([16])).eval()
+    return Flow(CompositeTransform(layers), StandardNormal([16])).double().eval()
 
 
 def _generator():
     torch.manual_seed(2)
-    return nn.Sequential(nn.Linear(3, 16), nn.Sigmoid(), nn.Unflatten(1, (1, 4, 4))).eval()
+    return nn.Sequential(nn.Linear(3, 16), nn.Sigmoid(), nn.Unflatten(1, (1, 4, 4))).double().eval()
 
 
 def diffeomorphic(clf):
@@ -50,11 +54,15 @@ def adversarial(clf):
     return xcf.AdversarialCounterfactual(clf)
 
 
-def pgd(clf):
-    return xcf.AdversarialCounterfactual(clf, norm="l2", radius=0.5, random_start=False)
+def pgd_l2(clf):
+    return xcf.AdversarialCounterfactual(clf, norm="l2", radius=0.8, random_start=False)
 
 
-EXPLAINERS = [diffeomorphic, approximate, adversarial, pgd]
+def pgd_linf(clf):
+    return xcf.AdversarialCounterfactual(clf, norm="linf", radius=0.3, random_start=False)
+
+
+EXPLAINERS = [diffeomorphic, approximate, adversarial, pgd_l2, pgd_linf]
 KW = {"steps": 40}
 
 
@@ -65,16 +73,18 @@ def made(request):
 
 
 def _inputs(n=4):
-    return torch.rand(n, 1, 4, 4, generator=torch.Generator().manual_seed(3)) * 0.8 + 0.1
+    return torch.rand(n, 1, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 0.8 + 0.1
 
 
 def test_batch_equals_single(made):
     _, explainer = made
-    x, target = _inputs(), torch.tensor([0, 1, 2, 1])
-    batch = explainer.counterfactual(x, target=target, **KW)
+    x, target = _inputs(6), torch.tensor([0, 1, 2, 1, 0, 2])
+    batch = explainer.counterfactual(x, target=target, confidence=0.6, steps=300)
+    assert batch.success.any() and batch.steps.unique().numel() > 1  # samples stop at different steps
     for i in range(len(x)):
-        one = explainer.counterfactual(x[i:i + 1], target=target[i:i + 1], **KW)
-        torch.testing.assert_close(one.counterfactual, batch.counterfactual[i:i + 1], rtol=1e-4, atol=1e-5)
+        one = explainer.counterfactual(x[i:i + 1], target=target[i:i + 1], confidence=0.6, steps=300)
+        torch.testing.assert_close(one.counterfactual, batch.counterfactual[i:i + 1], rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(one.reconstruction_error, batch.reconstruction_error[i:i + 1], rtol=1e-9, atol=1e-10)
         assert int(one.steps) == int(batch.steps[i]) and bool(one.success) == bool(batch.success[i])
 
 
@@ -82,7 +92,7 @@ def test_tuple_in_tuple_out_and_tensor_in_tensor_out(made):
     _, explainer = made
     x = _inputs(2)
     out = explainer.attribute((x,), target=1, **KW)
-    assert isinstance(out, tuple) and len(out) == 1 and out[0].shape == x.shape
+    assert isinstance(out, tuple) and len(out) == 1 and out[0].shape == x.shape and out[0].dtype == x.dtype
     plain = explainer.attribute(x, target=1, **KW)
     assert isinstance(plain, torch.Tensor)
     torch.testing.assert_close(plain, out[0])
@@ -98,8 +108,11 @@ def test_works_under_no_grad(made):
     torch.testing.assert_close(under.counterfactual, free.counterfactual)
 
 
-def test_user_modules_are_left_as_found(made):
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train-mode-no-batchnorm"])
+def test_user_modules_are_left_as_found(made, training):
     clf, explainer = made
+    clf.train(training)
+    clf[1].bias.requires_grad_(False)  # a partly frozen model stays partly frozen
     modules = [clf, *[m for m in explainer.chart.modules() if isinstance(m, nn.Module)]]
     state = [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
     flags = [[p.requires_grad for p in m.parameters()] for m in modules]
@@ -107,7 +120,8 @@ def test_user_modules_are_left_as_found(made):
     for m, before, req in zip(modules, state, flags):
         assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
         assert [p.requires_grad for p in m.parameters()] == req
-        assert all(p.grad is None for p in m.parameters()) and not m.training
+        assert all(p.grad is None for p in m.parameters())
+    assert clf.training == training and not clf[1].bias.requires_grad
 
 
 def test_update_is_a_per_call_option_and_the_chart_is_unchanged(made):
