@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from nflows.flows.base import Flow
@@ -71,12 +71,17 @@ DIGITS_CLASSIFIER_CONFIG: dict[str, Any] = {
 }
 
 
+def _seeded(seed: int, make: Callable[[], nn.Module]) -> nn.Module:
+    """``make()`` under ``torch.manual_seed(seed)``, leaving the global RNG as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make()
+
+
 def build_digits_classifier(config: dict[str, Any]) -> DigitsCNN:
     """An untrained :class:`DigitsCNN` from a configuration like :data:`DIGITS_CLASSIFIER_CONFIG`, seeded
     by its ``"seed"`` (the global RNG is left as it was)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config["seed"])
-        return DigitsCNN(**config["model"])
+    return _seeded(config["seed"], lambda: DigitsCNN(**config["model"]))
 
 
 def digits_classifier(
@@ -228,9 +233,7 @@ def build_digits_flow(config: dict[str, Any]) -> Flow:
     builder = realnvp_flow if config["kind"] == "realnvp" else glow_flow
     model = dict(config["model"])
     model["shape"] = tuple(model["shape"])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config["seed"])
-        return builder(**model)
+    return _seeded(config["seed"], lambda: builder(**model))
 
 
 def digits_flow(
@@ -306,9 +309,8 @@ DIGITS_GAN_CONFIG: dict[str, Any] = {
 def build_digits_gan(config: dict[str, Any]) -> DCGANGenerator:
     """An untrained generator from a configuration like :data:`DIGITS_GAN_CONFIG`, seeded by its ``"seed"``
     (the global RNG is left as it was)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config["seed"])
-        return DCGANGenerator(config["latent_dim"], config["image_size"], config["channels"], config["width"])
+    return _seeded(config["seed"], lambda: DCGANGenerator(config["latent_dim"], config["image_size"],
+                                                          config["channels"], config["width"]))
 
 
 def digits_gan(
@@ -345,9 +347,8 @@ def digits_gan(
 
     def train(G: nn.Module) -> dict[str, Any]:
         x, _ = load_digits("train")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config["seed"] + 1)
-            D = DCGANDiscriminator(config["image_size"], config["channels"], config["width"])
+        D = _seeded(config["seed"] + 1, lambda: DCGANDiscriminator(config["image_size"], config["channels"],
+                                                                   config["width"]))
         history = train_gan(
             G, D, x, loss=config["loss"], epochs=config["epochs"], lr=config["lr"],
             batch_size=config["batch_size"], seed=config["seed"], progress=progress, ema=config["ema"],
@@ -383,9 +384,8 @@ DIGITS_VAE_CONFIG: dict[str, Any] = {
 def build_digits_vae(config: dict[str, Any]) -> VAE:
     """An untrained VAE from a configuration like :data:`DIGITS_VAE_CONFIG`, seeded by its ``"seed"``
     (the global RNG is left as it was)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config["seed"])
-        return VAE(config["latent_dim"], config["image_size"], config["channels"], config["width"])
+    return _seeded(config["seed"], lambda: VAE(config["latent_dim"], config["image_size"], config["channels"],
+                                               config["width"]))
 
 
 def digits_vae(
