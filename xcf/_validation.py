@@ -7,7 +7,7 @@ the work in :func:`preserved`, which restores what torch lets a computation chan
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -15,9 +15,10 @@ from torch import Tensor, nn
 
 from xcf._typing import TargetType
 
-__all__ = ["as_target_tensor", "check_int", "check_number", "check_inputs", "check_module_mode", "format_inputs", "modules_of", "preserved"]
+__all__ = ["as_target_tensor", "check_int", "check_model_output", "check_number", "check_same_dtype_device", "check_inputs", "check_module_mode", "format_inputs", "modules_of", "preserved"]
 
 _BATCHNORM = (nn.modules.batchnorm._BatchNorm,)
+_DROPOUT = (nn.modules.dropout._DropoutNd,)
 
 
 def format_inputs(inputs: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, bool]:
@@ -82,6 +83,12 @@ def check_module_mode(obj: Any, role: str, *, forbid_training: bool = False) -> 
                     "batch statistics would couple the samples and its running buffers would change; "
                     "call .eval() on it first"
                 )
+            if isinstance(sub, _DROPOUT) and sub.training and sub.p > 0:
+                raise ValueError(
+                    f"the {role} is in training mode and contains {type(sub).__name__}(p={sub.p:g}): every call "
+                    "would draw a new random mask, so success would be judged on a random model; call .eval() "
+                    "on it first"
+                )
 
 
 @contextlib.contextmanager
@@ -127,6 +134,9 @@ def as_target_tensor(target: TargetType | None, n: int, device: torch.device) ->
             raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
         t = target.to(device=device, dtype=torch.long).reshape(-1)
     else:
+        if not isinstance(target, (list, tuple)):
+            raise TypeError("target must be a class index (int), a list of ints or a tensor of class indices; got "
+                            f"{type(target).__name__} {target!r}")
         items = list(target)
         if not all(isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_)) for i in items):
             raise ValueError(f"target must hold integer class indices, got {items!r}")
@@ -155,3 +165,46 @@ def check_int(value: Any, name: str, minimum: int = 0) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_model_output(output: Any, n: int, role: str = "classifier") -> Tensor:
+    """The model's output for a batch of ``n``: a tensor with ``n`` rows and finite values, else a clear error."""
+    if isinstance(output, (tuple, list)):
+        raise TypeError(f"the {role} must return one tensor, got a {type(output).__name__} of {len(output)} items; "
+                        "wrap it so that it returns the logits tensor")
+    if isinstance(output, dict):
+        raise TypeError(f"the {role} must return one tensor, got a dict with keys {sorted(map(str, output))[:5]}; "
+                        "wrap it so that it returns the logits tensor")
+    if not isinstance(output, Tensor):
+        raise TypeError(f"the {role} must return a tensor, got {type(output).__name__}")
+    if output.ndim == 0 or output.shape[0] != n:
+        raise ValueError(f"the {role} returned output of shape {tuple(output.shape)} for a batch of {n} inputs; "
+                         f"expected {n} rows")
+    finite = torch.isfinite(output.detach())
+    if not bool(finite.all()):
+        bad = (~finite).reshape(n, -1).any(dim=1).nonzero().flatten().tolist()
+        raise ValueError(f"the {role} returned NaN or Inf for samples {bad[:10]}{'...' if len(bad) > 10 else ''}")
+    return output
+
+
+def _first_parameter(obj: Any) -> Optional[Tensor]:
+    for module in modules_of(obj):
+        for t in module.parameters():  # buffers may differ on purpose (nflows keeps a float64 constant)
+            if t.is_floating_point():
+                return t
+    return None
+
+
+def check_same_dtype_device(x: Tensor, models: dict[str, Any]) -> None:
+    """Inputs and every model's parameters must share dtype and device; name the mismatch otherwise."""
+    for role, obj in models.items():
+        p = _first_parameter(obj)
+        if p is None:
+            continue
+        if p.device != x.device:
+            raise ValueError(f"the inputs are on {x.device} but the {role}'s parameters are on {p.device}: "
+                             f"move one of them (x.to({str(p.device)!r}) or model.to({str(x.device)!r}))")
+        if p.dtype != x.dtype:
+            raise ValueError(f"the inputs are {str(x.dtype).replace('torch.', '')} but the {role}'s parameters are "
+                             f"{str(p.dtype).replace('torch.', '')}: convert one of them (e.g. x.to({p.dtype}) or "
+                             f"model.to({x.dtype}))")

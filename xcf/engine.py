@@ -20,13 +20,17 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from xcf._validation import check_int, check_number
+from xcf._validation import check_int, check_model_output, check_number
 from xcf.objectives import Objective
 
 __all__ = ["rms", "search", "timed"]
 
 
-def _split_args(args: Any, n: int) -> tuple[tuple, list[bool]]:
+#: the per-step score trace of one call may take at most this much memory
+_MAX_TRACE_BYTES = 2 * 2**30
+
+
+def split_forward_args(args: Any, n: int) -> tuple[tuple, list[bool]]:
     """Normalise ``additional_forward_args`` to a tuple and mark which entries are per-sample."""
     if args is None:
         return (), []
@@ -97,7 +101,12 @@ def search(
         raise ValueError(f"update must be 'adam', 'sign' or 'l2', got {update!r}")
     n = start.shape[0]
     device = start.device
-    args, per_sample = _split_args(additional_forward_args, n)
+    trace_bytes = n * (steps + 1) * start.element_size()
+    if trace_bytes > _MAX_TRACE_BYTES:
+        raise ValueError(f"steps={steps} is too large: the per-step score trace of {n} samples would take "
+                         f"{trace_bytes / 2**30:.3g} GiB (limit {_MAX_TRACE_BYTES / 2**30:.0f} GiB); use fewer steps "
+                         "or smaller batches")
+    args, per_sample = split_forward_args(additional_forward_args, n)
 
     p = start.detach().clone()
     m = torch.zeros_like(p)
@@ -120,7 +129,9 @@ def search(
                 x = decode(q)
                 output = forward_func(x, *_select_args(args, per_sample, active))
                 if t == 0:
-                    objective.check(output)
+                    if isinstance(output, Tensor):
+                        objective.check(output)
+                    check_model_output(output, n)
                     if not bool(torch.isfinite(x).all()):
                         raise ValueError("decode produced NaN or Inf at the starting coordinates")
                     out.x = torch.empty((n,) + x.shape[1:], dtype=x.dtype, device=device)

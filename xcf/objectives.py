@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from xcf._typing import OutputKind, TargetType
-from xcf._validation import as_target_tensor
+from xcf._validation import as_target_tensor, check_number
 
 __all__ = ["Objective", "ClassTarget", "ScalarTarget", "OutputKind", "TargetType", "as_target_tensor"]
 
@@ -50,6 +50,25 @@ def log_probabilities(output: Tensor, kind: OutputKind) -> Tensor:
     raise ValueError(f"output must be 'logits', 'probs' or 'log_probs', got {kind!r}")
 
 
+def _check_output_kind(output: Tensor, kind: OutputKind) -> None:
+    """Tell logits from probabilities: a warning when probabilities come as ``"logits"``, an error when values
+    outside the declared kind's range come as ``"probs"`` or ``"log_probs"``."""
+    if output.numel() == 0 or not output.is_floating_point():
+        return
+    lo, hi = float(output.min()), float(output.max())
+    rows_sum_to_one = bool(torch.allclose(output.sum(dim=1), torch.ones_like(output[:, 0]), atol=1e-3))
+    if kind == "logits" and lo >= 0.0 and hi <= 1.0 and rows_sum_to_one and output.shape[1] > 1:
+        warnings.warn("the classifier's outputs look like probabilities (values in [0, 1], rows summing to 1) but "
+                      "output='logits' treats them as logits, so no target can reach a high confidence; pass "
+                      "output='probs'", UserWarning, stacklevel=4)
+    elif kind == "probs" and (lo < -1e-6 or hi > 1.0 + 1e-6):
+        raise ValueError(f"output='probs' but the classifier returns values in [{lo:.3g}, {hi:.3g}], outside [0, 1]: "
+                         "are they logits? pass output='logits'")
+    elif kind == "log_probs" and hi > 1e-6:
+        raise ValueError(f"output='log_probs' but the classifier returns values up to {hi:.3g} > 0: are they logits? "
+                         "pass output='logits'")
+
+
 class ClassTarget:
     """Reach class ``target`` with probability at least ``confidence``.
 
@@ -68,7 +87,8 @@ class ClassTarget:
     """
 
     def __init__(self, target: Tensor, confidence: float = 0.99, output: OutputKind = "logits"):
-        if not 0.0 < float(confidence) <= 1.0:
+        confidence = check_number(confidence, "confidence")
+        if not 0.0 < confidence <= 1.0:
             raise ValueError(f"confidence must be in (0, 1], got {confidence}")
         if output not in ("logits", "probs", "log_probs"):
             raise ValueError(f"output must be 'logits', 'probs' or 'log_probs', got {output!r}")
@@ -88,6 +108,7 @@ class ClassTarget:
             raise ValueError(
                 f"target {values} out of range: the classifier has {n_classes} classes (0..{n_classes - 1})"
             )
+        _check_output_kind(output.detach(), self.output)
 
     def __call__(self, output: Tensor, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         logp = log_probabilities(output, self.output).gather(1, self.target[index].unsqueeze(1)).squeeze(1)

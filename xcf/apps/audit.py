@@ -332,6 +332,7 @@ def run_audit(
     """
     methods = check_methods(methods)
     dataset = digits_dataset(data, n)
+    own = load_classifier(classifier_file) if classifier_file is not None else None  # fail before training
     t0 = time.perf_counter()
     dist = init_distributed()
     try:
@@ -342,8 +343,8 @@ def run_audit(
             dist.barrier()
         classifier, _ = digits_classifier(cache_dir=cache_dir, progress=progress and dist.rank == 0,
                                           overrides=q.get("classifier"))
-        if classifier_file is not None:
-            classifier = load_classifier(classifier_file)
+        if own is not None:
+            classifier = own
         flow, _ = digits_flow(kind=flow_kind, cache_dir=cache_dir, progress=progress and dist.rank == 0,
                               overrides=q.get("flow"))
         gan = vae = None

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from typing import Optional, Sequence
+import traceback
+from typing import NoReturn, Optional, Sequence
 
-from xcf.apps.methods import METHODS
+from xcf.apps.methods import METHODS, check_methods
 
 __all__ = ["main", "build_parser"]
 
@@ -32,7 +34,7 @@ def _demo(args: argparse.Namespace) -> int:
     from xcf.apps.demo import run_demo
 
     _threads(args)
-    methods = args.methods.split(",") if args.methods is not None else None
+    methods = args.methods
     summary = run_demo(
         out_dir=args.out,
         cache_dir=args.cache,
@@ -54,7 +56,7 @@ def _audit(args: argparse.Namespace) -> int:
     from xcf.apps.audit import run_audit
 
     _threads(args)
-    methods = args.methods.split(",") if args.methods is not None else None
+    methods = args.methods
     outcome = run_audit(
         args.out, data=args.data, n=args.images, batch_size=args.batch_size, steps=args.steps, seed=args.seed,
         target_shift=args.target_shift, methods=methods, classifier_file=args.classifier, flow_kind=args.flow,
@@ -87,28 +89,63 @@ def _extrapolate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+def _folder(text: str) -> str:
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} exists and is not a folder")
+    return text
+
+
+def _methods(text: str) -> list[str]:
+    try:
+        return check_methods(text.split(","))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _common(p: argparse.ArgumentParser, out: str) -> None:
-    p.add_argument("--out", default=out, help=f"output directory (default: {out})")
-    p.add_argument("--cache", default=None, help="model cache (default: $XCF_CACHE or ~/.cache/xcf)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--out", type=_folder, default=out, help=f"output folder (default: {out})")
+    p.add_argument("--cache", type=_folder, default=None, help="model cache folder (default: $XCF_CACHE or ~/.cache/xcf)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of everything random (default: 0)")
+    p.add_argument("--threads", type=_int_at_least(0), default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     p.add_argument("--quick", action="store_true", help="tiny training budgets: a smoke test, not real numbers")
     p.add_argument("--no-progress", action="store_true")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=1000, help="step budget per counterfactual")
+    p.add_argument("--steps", type=_int_at_least(0), default=1000, help="step budget per counterfactual (default: 1000)")
     p.add_argument("--flow", choices=("realnvp", "glow"), default="realnvp")
     p.add_argument("--classifier", default=None, help="a DigitsCNN file written by xcf.models.io.save_model")
-    p.add_argument("--methods", default=None, help="comma-separated subset of: " + ", ".join(METHODS))
+    p.add_argument("--methods", type=_methods, default=None, help="comma-separated subset of: " + ", ".join(METHODS))
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one line per error (``xcf audit: error: argument --steps: must be >= 0, got -1``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xcf", description="Audit image classifiers with counterfactual explanations.")
+    parser = _Parser(prog="xcf", description="Audit image classifiers with counterfactual explanations.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="the main job on the embedded digits default")
     _common(p, "xcf-out")
-    p.add_argument("--n", type=int, default=100, help="test digits to explain (default: 100)")
+    p.add_argument("--n", type=_int_at_least(1), default=100, help="test digits to explain (default: 100)")
     _model_args(p)
     p.set_defaults(func=_demo)
 
@@ -117,35 +154,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", choices=("digits-test", "digits-all", "digits-shifted"), default="digits-test",
                    help="digits-shifted: test digits under nine one-pixel shifts, as many as --images asks")
     # not --n: torchrun's own parser takes "--n" for an abbreviation of its options even after the script
-    p.add_argument("--images", type=int, default=None, help="images to audit (default: the whole data set)")
-    p.add_argument("--batch-size", type=int, default=100, help="images per batch and per shard (default: 100)")
+    p.add_argument("--images", type=_int_at_least(1), default=None, help="images to audit (default: the whole data set)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=100, help="images per batch and per shard (default: 100)")
     p.add_argument("--target-shift", type=int, default=3, help="targets are (y + shift) mod 10 (default: 3)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
+    p.add_argument("--workers", type=_int_at_least(0), default=0, help="DataLoader worker processes (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="discard a previous store in --out instead of resuming")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="autocast precision of the classifier (flows and generators stay fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the classifier")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--max-batches", type=int, default=None,
+    p.add_argument("--max-batches", type=_int_at_least(1), default=None,
                    help="compute at most this many new batches per process, then stop (resume later)")
     _model_args(p)
     p.set_defaults(func=_audit)
     p = sub.add_parser("extrapolate", help="knowledge extrapolation of the digits GAN (truncated vs plain)")
     _common(p, "xcf-extrapolate")
-    p.add_argument("--knowledge", type=int, default=1, help="the digit class whose knowledge is extrapolated")
-    p.add_argument("--steps", type=int, default=20, help="update steps K")
+    p.add_argument("--knowledge", type=_int_at_least(0), default=1, help="the digit class whose knowledge is extrapolated")
+    p.add_argument("--steps", type=_int_at_least(1), default=20, help="update steps K (default: 20)")
     p.set_defaults(func=_extrapolate)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    from xcf.scale.store import StoreError, StoreWriteError
-
+    """Run ``xcf``; every failure ends as one line on stderr and exit status 2 (the traceback with ``--debug``)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a bad option (one line already written)
+        return int(e.code or 0)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, PermissionError, StoreError, StoreWriteError) as e:
-        print(f"xcf {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"xcf {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the one place that turns any failure into one line
+        if args.debug:
+            traceback.print_exc()
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"xcf {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -85,14 +85,15 @@ def run_demo(
     t_start = time.perf_counter()
     out = check_writable(out_dir)
     q = QUICK if quick else {}
+    own = load_classifier(classifier_file) if classifier_file is not None else None  # fail before training
 
     classifier, clf_metrics = digits_classifier(cache_dir=cache_dir, progress=progress, overrides=q.get("classifier"))
     flow, flow_metrics = digits_flow(kind=flow_kind, cache_dir=cache_dir, progress=progress, overrides=q.get("flow"))
     gan, gan_metrics = digits_gan(cache_dir=cache_dir, progress=progress, overrides=q.get("gan"))
     vae, vae_metrics = digits_vae(cache_dir=cache_dir, progress=progress, overrides=q.get("vae"))
     shortcut, shortcut_metrics = watermark_classifier(cache_dir, progress, overrides=q.get("classifier"))
-    if classifier_file is not None:
-        classifier = load_classifier(classifier_file)
+    if own is not None:
+        classifier = own
         clf_metrics = {"test_accuracy": accuracy(classifier, *load_digits("test"))}
     t_models = time.perf_counter() - t_start
 

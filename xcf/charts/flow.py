@@ -6,9 +6,10 @@ import warnings
 from typing import Any, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from xcf.charts.base import Chart, Coordinates
+from xcf.models.flows import Dequantize
 
 __all__ = ["FlowChart"]
 
@@ -71,6 +72,11 @@ class FlowChart(Chart):
         return tuple(shape)
 
     def check(self, x: Tensor) -> None:
+        if isinstance(self.flow, nn.Module) and any(isinstance(m, Dequantize) for m in self.flow.modules()):
+            lo, hi = float(x.min()), float(x.max())
+            if lo < 0.0 or hi > 1.0:
+                raise ValueError(f"inputs lie in [{lo:.4g}, {hi:.4g}] but this flow dequantises images in [0, 1]: "
+                                 "scale them to [0, 1] (e.g. x / 255)")
         self.sample_shape(x)
 
     def _infer_event_shape(self, x: Tensor) -> tuple[int, ...]:

@@ -121,7 +121,9 @@ class _Validator:
     def _features(self, x: Any, name: str = "x") -> np.ndarray:
         self._check_fitted()
         flat, shape = _as_features(x, name)
-        if flat.shape[1] != self.n_features_in_:
+        # the fitted sample shape, or the same features flattened; never another layout (e.g. transposed)
+        if flat.shape[1] != self.n_features_in_ or tuple(shape) not in (tuple(self.feature_shape_),
+                                                                        (self.n_features_in_,)):
             raise ValueError(
                 f"{name} has sample shape {shape} ({flat.shape[1]} features) but the {type(self).__name__} "
                 f"was fitted on sample shape {self.feature_shape_} ({self.n_features_in_} features)"

@@ -10,9 +10,17 @@ from captum.log import log_usage
 from torch import Tensor
 
 from xcf._typing import OutputKind, TargetType, TensorOrTuple
-from xcf._validation import as_target_tensor, check_inputs, check_module_mode, format_inputs, preserved
+from xcf._validation import (
+    as_target_tensor,
+    check_inputs,
+    check_model_output,
+    check_module_mode,
+    check_same_dtype_device,
+    format_inputs,
+    preserved,
+)
 from xcf.charts.base import Chart
-from xcf.engine import rms, search, timed
+from xcf.engine import rms, search, split_forward_args, timed
 from xcf.objectives import ClassTarget, Objective
 from xcf.result import CounterfactualResult
 
@@ -135,11 +143,23 @@ class CounterfactualExplainer(Attribution):
             check_module_mode(self.forward_func, "classifier")
             for module in chart.modules():
                 check_module_mode(module, f"{chart.name} model", forbid_training=chart.needs_eval)
+            check_same_dtype_device(x, {"classifier": self.forward_func,
+                                        **{f"{chart.name} model": m for m in chart.modules()}})
             chart.check(x)
+            with torch.no_grad():  # the classifier and the target are checked before any (slow) encoding
+                args, per_sample = split_forward_args(additional_forward_args, x.shape[0])
+                probe = self.forward_func(x, *args)
+                if isinstance(probe, Tensor):
+                    objective.check(probe)
+                check_model_output(probe, x.shape[0])
             coords = chart.start(x, progress=progress)
             start = coords.start.detach()
             with torch.no_grad():
-                reconstruction = coords.decode(start)
+                try:
+                    reconstruction = coords.decode(start)
+                except NotImplementedError as e:
+                    raise ValueError(f"the {chart.name} model cannot map coordinates back to inputs: its inverse is "
+                                     f"not implemented ({type(e).__name__}{': ' + str(e) if str(e) else ''})") from e
             if reconstruction.shape != x.shape:
                 raise ValueError(
                     f"the {chart.name} model decodes to shape {tuple(reconstruction.shape[1:])} "

@@ -64,7 +64,14 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every failure of a weights-only load means the same to the user
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            first = "it holds Python objects beyond tensors and plain values, which xcf never unpickles"
+        raise ValueError(f"cannot read {path} as an xcf model file (a weights-only torch file written by "
+                         f"xcf.models.io.save_model): {first}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "state_dict" not in payload:
         raise ValueError(f"{path} is not an xcf model file (format {FORMAT})")
     return payload

@@ -51,7 +51,7 @@ def _label(probs: Optional[Tensor], i: int, names: Optional[Sequence[str]], pref
 
 def _show(ax, img, title: str, cmap: str = "gray", vmin=0.0, vmax=1.0, color: str = "black") -> None:
     ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-    ax.set_title(title, fontsize=8, color=color)
+    ax.set_title(title, fontsize=8, color=color, parse_math=False)
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -87,7 +87,7 @@ def method_grid(
               color="green" if ok else "red")
         _show(axes[i, 3], image_of(diff[i].mean(0) if diff[i].ndim == 3 else diff[i]), "x' − x",
               cmap="RdBu_r", vmin=-scale, vmax=scale)
-    fig.suptitle(title or f"{result.method} counterfactuals", fontsize=10)
+    fig.suptitle(title or f"{result.method} counterfactuals", fontsize=10, parse_math=False)
     fig.tight_layout()
     return fig
 
@@ -146,9 +146,9 @@ def mean_map_figure(maps: Mapping[str, Mapping[int, Tensor]], class_names: Optio
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(f"→ {class_names[k] if class_names else k}", fontsize=9)
+                ax.set_title(f"→ {class_names[k] if class_names else k}", fontsize=9, parse_math=False)
             if j == 0:
-                ax.set_ylabel(name, fontsize=9)
+                ax.set_ylabel(name, fontsize=9, parse_math=False)
     fig.tight_layout()
     return fig
 

@@ -97,7 +97,7 @@ def overlay(
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=9, parse_math=False)
     if colorbar:
         ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     if created:
@@ -159,7 +159,7 @@ def plot_map_grid(
         ax.set_xticks([])
         ax.set_yticks([])
         if row_labels is not None:
-            ax.set_ylabel(str(row_labels[i]), fontsize=9)
+            ax.set_ylabel(str(row_labels[i]), fontsize=9, parse_math=False)
         if counterfactual is not None:
             ax = axes[i, 1]
             ax.imshow(to_image(counterfactual[i]), cmap="gray", interpolation="nearest")
@@ -168,10 +168,10 @@ def plot_map_grid(
         for j, name in enumerate(names):
             vmax = col_vmax[name] if scale == "column" else None
             overlay(x[i], maps[name][i], axes[i, lead + j], cmap=cmap, vmax=vmax)
-    axes[0, 0].set_title("input", fontsize=9)
+    axes[0, 0].set_title("input", fontsize=9, parse_math=False)
     if counterfactual is not None:
-        axes[0, 1].set_title("counterfactual", fontsize=9)
+        axes[0, 1].set_title("counterfactual", fontsize=9, parse_math=False)
     for j, t in enumerate(titles):
-        axes[0, lead + j].set_title(t, fontsize=9)
+        axes[0, lead + j].set_title(t, fontsize=9, parse_math=False)
     fig.tight_layout()
     return fig
