@@ -17,7 +17,8 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert set(summary["methods"]) == {"diffeomorphic", "approximate (GAN)", "approximate (VAE)", "adversarial"}
     for m in summary["methods"].values():
         assert 0.0 <= m["success_rate"] <= 1.0 and m["time_per_counterfactual_s"] > 0
-    assert {"GAN", "VAE"} <= set(summary["frechet_distance"])
+    assert {"GAN, classifier features", "VAE, PCA-50 of the training data"} <= set(summary["frechet_distance"])
+    assert set(summary["realism"]) == set(summary["methods"]) | {"real test images"}
     assert set(summary["clever_hans"]) == {"watermarked classifier", "clean classifier"}
     html = (out / "report.html").read_text()
     assert "Clever-Hans check" in html and "Generator quality" in html

@@ -118,3 +118,42 @@ def test_bad_input():
     bn = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).train()
     with pytest.raises(ValueError, match="BatchNorm"):
         frechet_distance(x.float(), x.float(), classifier=bn)
+
+
+# ----------------------------------------------------------------------------------- Inception Score
+def test_inception_score_of_sure_balanced_predictions_is_the_number_of_classes():
+    from xcf.evaluate.quality import inception_score
+
+    for k in (2, 5, 10):
+        x = torch.arange(20 * k, dtype=torch.float32).view(-1, 1)
+        probs = lambda v, k=k: torch.eye(k)[v[:, 0].long() % k]  # noqa: E731  one sure class per sample
+        mean, std = inception_score(probs, x, splits=2, output="probs")
+        assert mean == pytest.approx(k, rel=1e-6) and std == pytest.approx(0.0, abs=1e-6)
+    same = lambda v: torch.tensor([[2.0, -1.0, 0.5]]).expand(v.shape[0], 3)  # noqa: E731
+    assert inception_score(same, torch.zeros(30, 2), splits=3) == pytest.approx((1.0, 0.0))
+
+
+def test_inception_score_is_between_one_and_k_and_batch_size_free():
+    from xcf.evaluate.quality import inception_score
+
+    torch.manual_seed(0)
+    clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4)).eval()
+    x = torch.randn(200, 1, 4, 4)
+    mean, std = inception_score(clf, x, splits=5)
+    assert 1.0 <= mean <= 4.0 and std >= 0
+    assert inception_score(clf, x, splits=5, batch_size=7) == pytest.approx((mean, std))
+
+
+def test_inception_score_names_bad_arguments():
+    from xcf.evaluate.quality import inception_score
+
+    clf = torch.nn.Linear(3, 2).eval()
+    with pytest.raises(ValueError, match="splits must be an int in \\[1, 4\\]"):
+        inception_score(clf, torch.zeros(4, 3), splits=5)
+    with pytest.raises(ValueError, match="output must be"):
+        inception_score(clf, torch.zeros(4, 3), splits=1, output="scores")
+    with pytest.raises(ValueError, match="NaN"):
+        inception_score(clf, torch.full((4, 3), float("nan")), splits=1)
+    bn = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)).train()
+    with pytest.raises(ValueError, match="training mode"):
+        inception_score(bn, torch.zeros(4, 3), splits=1)

@@ -13,7 +13,6 @@ from sklearn.datasets import load_digits
 from sklearn.exceptions import NotFittedError
 from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from torch import nn
 
@@ -24,6 +23,7 @@ from xcf.evaluate.metrics import (
     counterfactual_metrics,
 )
 from xcf.evaluate.validators import KNNValidator, SVMValidator, nearest_distance
+from xcf.models import bits_per_dim
 from xcf.result import CounterfactualResult
 
 torch.set_num_threads(1)
@@ -70,7 +70,7 @@ def make_result(inputs, counterfactual, target, success=None, wall_time=1.0, rec
 # ------------------------------------------------------------------------------------- validators
 def test_svm_matches_sklearn(digits, svm):
     xtr, ytr, xte, yte = digits
-    ref = make_pipeline(StandardScaler(), SVC(C=10.0, gamma="scale", random_state=0))
+    ref = make_pipeline(SVC(C=10.0, gamma="scale", random_state=0))  # raw pixels, the default
     ref.fit(xtr.flatten(1).double().numpy(), ytr.numpy())
     expected = ref.predict(xte.flatten(1).double().numpy())
     pred = svm.predict(xte)
@@ -91,15 +91,14 @@ def test_svm_unstandardised_and_kernel(digits):
 
 def test_knn_agreement_matches_sklearn(digits, knn):
     xtr, ytr, xte, yte = digits
-    scaler = StandardScaler().fit(xtr.flatten(1).double().numpy())
-    nn_ref = NearestNeighbors(n_neighbors=10).fit(scaler.transform(xtr.flatten(1).double().numpy()))
-    idx = nn_ref.kneighbors(scaler.transform(xte.flatten(1).double().numpy()), return_distance=False)
+    nn_ref = NearestNeighbors(n_neighbors=10).fit(xtr.flatten(1).double().numpy())  # raw pixels, the default
+    idx = nn_ref.kneighbors(xte.flatten(1).double().numpy(), return_distance=False)
     expected = (ytr.numpy()[idx] == yte.numpy()[:, None]).mean(axis=1)
     agreement = knn.agreement(xte, yte)
     assert agreement.dtype == torch.float32
     assert np.allclose(agreement.numpy(), expected)
     # Majority vote equals scikit-learn's KNeighborsClassifier (uniform weights) up to ties.
-    clf = make_pipeline(StandardScaler(), KNeighborsClassifier(10)).fit(xtr.flatten(1).numpy(), ytr.numpy())
+    clf = KNeighborsClassifier(10).fit(xtr.flatten(1).numpy(), ytr.numpy())
     same = (knn.predict(xte).numpy() == clf.predict(xte.flatten(1).numpy())).mean()
     assert same > 0.97
     # A training point's own label dominates its neighbourhood.
@@ -245,15 +244,23 @@ def test_metrics_realism_and_manifold():
     assert m["realism_nn_l2"].tolist() == pytest.approx([0.0, 3.0])
     nll = lambda z: z.pow(2).sum(dim=1) * math.log(2.0)  # noqa: E731  bits = sum x^2
     m = counterfactual_metrics(r, nll_fn=nll, train=train, on_manifold_fn=lambda res: torch.tensor([0.25, 1.0]))
-    assert m["realism_bpd"].tolist() == pytest.approx([2.0 / 4, 9.0 / 4])
+    # the inputs lie in [0, 1], so x' is scored clamped to it: the 3.0 counts as 1.0, and is counted out of range
+    assert m["realism_bpd"].tolist() == pytest.approx([2.0 / 4, 1.0 / 4])
+    assert m["out_of_range"].tolist() == [0.0, 1.0] and m["out_of_range_pixels"].tolist() == [0.0, 0.25]
     assert "realism_nn_l2" not in m  # a density takes precedence
     assert m["on_manifold"].tolist() == [0.25, 1.0]
+    unclamped = counterfactual_metrics(r, nll_fn=nll, bounds=None)
+    assert unclamped["realism_bpd"].tolist() == pytest.approx([2.0 / 4, 9.0 / 4]) and "out_of_range" not in unclamped
 
     class Flow(nn.Module):
         def log_prob(self, z):
             return -nll(z)
 
-    assert counterfactual_metrics(r, flow=Flow())["realism_bpd"].tolist() == pytest.approx([0.5, 2.25])
+    # a flow is scored in true bits per dimension of the discrete data (levels needed without xcf's Dequantize)
+    with pytest.raises(ValueError, match="levels is required"):
+        counterfactual_metrics(r, flow=Flow())
+    expected = bits_per_dim(Flow(), xc.clamp(0, 1), 256, dequantize=False)
+    assert torch.allclose(counterfactual_metrics(r, flow=Flow(), levels=256)["realism_bpd"], expected)
 
 
 def test_metrics_validators_on_digits(digits, svm, knn):

@@ -167,6 +167,13 @@ def check_int(value: Any, name: str, minimum: int = 0) -> int:
     return int(value)
 
 
+def check_image_size(image_size: Any) -> int:
+    """The side of square images for models with two stride-2 stages: a positive multiple of 4."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 4 or image_size % 4:
+        raise ValueError(f"image_size must be a positive multiple of 4 (8, 28, 32, ...), got {image_size!r}")
+    return int(image_size)
+
+
 def check_model_output(output: Any, n: int, role: str = "classifier") -> Tensor:
     """The model's output for a batch of ``n``: a tensor with ``n`` rows and finite values, else a clear error."""
     if isinstance(output, (tuple, list)):

@@ -64,6 +64,28 @@ class CounterfactualResult:
     def __len__(self) -> int:
         return self.inputs.shape[0]
 
+    def out_of_range(self, bounds: tuple[float, float] = (0.0, 1.0)) -> Tensor:
+        """Per-sample share of the counterfactual's entries outside the data range ``bounds``.
+
+        Diffeomorphic counterfactuals can leave ``[0, 1]`` (a flow's logit range is slightly wider);
+        ``(result.out_of_range() > 0).float().mean()`` is the share of counterfactuals that do.
+        ``DiffeomorphicCounterfactual(..., bounds=(0, 1))`` projects them onto the range instead.
+
+        Example:
+            >>> r = CounterfactualResult(torch.zeros(2, 4), torch.tensor([[0, 1.2, 0, 0], [0.5, 0.5, 0.5, 0.5]]),
+            ...     *[torch.zeros(2, 4)] * 3, torch.zeros(2), torch.zeros(2, dtype=torch.long),
+            ...     torch.ones(2, dtype=torch.bool), torch.ones(2, dtype=torch.long), torch.ones(2), torch.zeros(2),
+            ...     torch.zeros(2, 2), 0.0)
+            >>> r.out_of_range().tolist()
+            [0.25, 0.0]
+        """
+        lo, hi = bounds
+        if not lo < hi:
+            raise ValueError(f"bounds must satisfy low < high, got {bounds}")
+        xc = self.counterfactual.detach().flatten(1)
+        outside = (xc < lo) | (xc > hi)
+        return outside.float().mean(dim=1) if xc.shape[1] else xc.new_zeros(len(self))
+
     @property
     def success_rate(self) -> float:
         return float(self.success.float().mean()) if len(self) else float("nan")

@@ -29,6 +29,7 @@ from xcf.datasets import ShiftedImages, load_digits
 from xcf.evaluate.cleverhans import AuditVerdict, audit_maps
 from xcf.evaluate.maps import compare_attributions
 from xcf.evaluate.metrics import MetricsTable
+from xcf.evaluate.quality import judge_sets
 from xcf.models.io import QUICK
 from xcf.models.zoo import digits_classifier, digits_flow, digits_gan, digits_vae, load_classifier
 from xcf.report.html import check_writable
@@ -139,6 +140,9 @@ def audit(
     on_manifold_fn: Optional[Callable[[CounterfactualResult], Tensor]] = None,
     quality: Optional[Mapping[str, float]] = None,
     clever_hans: Sequence[CleverHansCheck] = (),
+    set_metrics: Optional[Mapping[str, Callable[[Tensor], float]]] = None,
+    realism_reference: Optional[Mapping[str, Tensor]] = None,
+    figures: Optional[Callable[[Mapping[str, CounterfactualResult]], Sequence[tuple[str, Any, str]]]] = None,
     summary: Optional[Mapping[str, Any]] = None,
     class_names: Optional[Sequence[str]] = None,
     title: str = "xcf audit",
@@ -170,6 +174,13 @@ def audit(
             gets each batch's result, whose ``info["index"]`` holds the data-set positions.
         quality: generator quality numbers to report (e.g. Fréchet distances).
         clever_hans: shortcut checks to run and report.
+        set_metrics: ``{judge: fn(counterfactuals) -> float}`` computed on each method's whole set of
+            counterfactuals (clamped to ``[0, 1]`` when the inputs lie there), e.g. a Fréchet distance to
+            real images; reported per method and in ``summary.json`` under ``"realism"``.
+        realism_reference: ``{name: images}`` judged by the same ``set_metrics`` and shown beside the
+            methods (e.g. ``{"real test images": x_test}``).
+        figures: ``figures(results) -> [(name, figure, caption)]``: extra report figures drawn from the
+            full results (``{method: CounterfactualResult}``).
         summary: extra plain values for the data and model summary.
         class_names: names of the classes for the figures.
         title: the report's title.
@@ -212,9 +223,17 @@ def audit(
                                "num_batches": store.num_batches, "complete": False}
             return outcome
         reduced = summarise_store(store, list(explainers), world_size=dist.world_size)
+        results: Mapping[str, CounterfactualResult] = {}
+        if keep or set_metrics or figures:
+            results = _results(stream, store, list(explainers))
         if keep:
-            outcome.results = _results(stream, store, list(explainers))
-        _report(outcome, reduced, out, classifier, steps, quality, clever_hans, summary, class_names, title)
+            outcome.results = dict(results)
+        sets = {m: r.counterfactual.clamp(0, 1) if 0 <= float(r.inputs.min()) and float(r.inputs.max()) <= 1
+                else r.counterfactual for m, r in results.items()}
+        realism = judge_sets({**sets, **(realism_reference or {})}, set_metrics or {})
+        extra = list(figures(results)) if figures is not None else []
+        _report(outcome, reduced, out, classifier, steps, quality, clever_hans, summary, class_names, title,
+                realism, extra)
         return outcome
     finally:
         if own_dist:
@@ -231,7 +250,8 @@ def _results(stream: StreamOutcome, store: ShardStore, names: list[str]) -> dict
 
 def _report(outcome: AuditOutcome, reduced: StoreSummary, out: Path, classifier: Any, steps: Optional[int],
             quality: Optional[Mapping[str, float]], clever_hans: Sequence[CleverHansCheck],
-            summary: Optional[Mapping[str, Any]], class_names: Optional[Sequence[str]], title: str) -> None:
+            summary: Optional[Mapping[str, Any]], class_names: Optional[Sequence[str]], title: str,
+            realism: Mapping[str, Mapping[str, float]], figures: Sequence[tuple[str, Any, str]]) -> None:
     cfg = reduced.config
     info = {"inputs explained": reduced.images, "input shape": tuple(cfg.get("sample_shape", ())),
             "batches": outcome.store.num_batches, "batch size": cfg.get("batch_size"), "targets": cfg.get("target"),
@@ -243,12 +263,13 @@ def _report(outcome: AuditOutcome, reduced: StoreSummary, out: Path, classifier:
                 for c in clever_hans]
     report = audit_report(title, info, reduced.table, reduced.first, reduced.mean_maps, classifier=classifier,
                           class_names=class_names, quality=quality, timing=reduced.timing,
-                          non_finite=reduced.non_finite, clever_hans=sections)
+                          non_finite=reduced.non_finite, clever_hans=sections, realism=realism, figures=figures)
     outcome.report = report.write(out)
     outcome.table = reduced.table
     outcome.clever_hans = {name: verdicts for name, (verdicts, _) in checked.items()}
     plain = reduced.to_dict(outcome.store)
     plain["quality"] = dict(quality or {})
+    plain["realism"] = {m: dict(v) for m, v in realism.items()}
     plain["clever_hans"] = {c: {m: v.to_dict() for m, v in vs.items()} for c, vs in outcome.clever_hans.items()}
     plain.update({k: v for k, v in (summary or {}).items() if isinstance(v, (int, float, str, bool))})
     outcome.summary = plain
@@ -361,15 +382,9 @@ def run_audit(
         gan = gan.to(dev).eval() if gan is not None else None
         vae = vae.to(dev).eval() if vae is not None else None
         explainers = build_explainers(fast, methods, flow=flow, gan=gan, vae=vae, seed=seed)
-        config = {
-            "data": data,
-            "classifier": str(classifier_file) if classifier_file else "reference digits CNN",
-            "flow": flow_kind,
-            "quick": quick,
-            "precision": precision,
-            "compile": compile,
-            "realism_flow": fingerprint_modules(flow),
-        }
+        config = {"data": data, "classifier": str(classifier_file) if classifier_file else "reference digits CNN",
+                  "flow": flow_kind, "quick": quick, "precision": precision, "compile": compile,
+                  "realism_flow": fingerprint_modules(flow)}
         outcome = audit(
             fast, dataset, shift_target(target_shift, 10), explainers, out_dir, train=load_digits("train"),
             nll_fn=flow_nll(flow, dataset[0][0].shape), batch_size=batch_size, steps=steps, seed=seed, num_workers=num_workers, config=config,

@@ -33,8 +33,8 @@ class Chart:
 
     ``decode`` must be differentiable; ``encode`` may be exact (a flow), the identity (pixels) or an
     optimisation (a generator's inversion).  ``project`` maps an iterate back onto the feasible set after
-    each update (identity by default).  ``lr``, ``steps`` and ``update`` are the defaults that suit the
-    chart's coordinates; ``needs_eval`` says whether the chart's own modules must be in eval mode.
+    each update (identity by default).  ``lr``, ``steps``, ``update`` and ``confidence`` are the defaults
+    that suit the chart's coordinates; ``needs_eval`` says whether the chart's own modules must be in eval mode.
 
     A chart keeps no state between calls: :meth:`start` returns everything one search needs for one
     batch (:class:`Coordinates`), so one chart serves inputs of any shape it supports, in any order.
@@ -45,6 +45,8 @@ class Chart:
     steps: int = 1000
     #: the engine's step rule for this chart: "adam", "sign" or "l2" (see :func:`xcf.engine.search`)
     update: str = "adam"
+    #: the default stopping confidence of a class target: stop once ``softmax(f(x'))[k] >= confidence``
+    confidence: float = 0.99
     #: whether the chart's modules must be in eval mode (flows: dequantisation noise, ActNorm init)
     needs_eval: bool = False
 

@@ -7,7 +7,11 @@ entries):
 * ``validity``: the audited classifier predicts the target, ``argmax f(x') = k`` (recomputed);
 * ``l1 = sum |delta|``, ``l2 = sqrt(sum delta^2)`` (proximity);
 * ``sparsity``: share of entries with ``|delta| > sparsity_tol`` (lower is sparser);
-* ``realism_bpd``: ``-log p(x') / (D ln 2)``, bits per dimension under a density model (a flow), or
+* ``out_of_range``: 1 if any entry of ``x'`` lies outside the data range (``bounds``), else 0; its
+  mean is the share of counterfactuals that leave the range; ``out_of_range_pixels``: the share of
+  entries outside it;
+* ``realism_bpd``: ``-log p(x') / (D ln 2)``, bits per dimension under a density model (a flow),
+  of ``x'`` clamped to the data range, or
   ``realism_nn_l2``: ``min_{i: y_i = k} ||x' - x_i||_2``, the distance to the nearest training example
   of the target class when no density is given;
 * ``on_manifold``: share of ``||delta||^2`` inside a tangent space of the data manifold (from a
@@ -37,6 +41,7 @@ from xcf.evaluate.validators import (
     SVMValidator,
     nearest_distance,
 )
+from xcf.models.flow_training import bits_per_dim
 from xcf.result import CounterfactualResult
 
 __all__ = ["MetricsTable", "compare", "counterfactual_metrics"]
@@ -51,6 +56,8 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "l1",
     "l2",
     "sparsity",
+    "out_of_range",
+    "out_of_range_pixels",
     "realism_bpd",
     "realism_nn_l2",
     "on_manifold",
@@ -85,8 +92,10 @@ def counterfactual_metrics(
     knn: Optional[KNNValidator] = None,
     nll_fn: Optional[Callable[[Tensor], Tensor]] = None,
     flow: Any = None,
+    levels: Optional[int] = None,
     train: Optional[tuple[Any, Any]] = None,
     on_manifold_fn: Optional[Callable[[CounterfactualResult], Tensor]] = None,
+    bounds: Optional[tuple[float, float]] | Literal["auto"] = "auto",
     sparsity_tol: float = 1e-2,
     tol: Optional[float] = None,
     batch_size: int = 256,
@@ -106,11 +115,16 @@ def counterfactual_metrics(
         knn: a fitted :class:`KNNValidator`.
         nll_fn: ``nll_fn(x) -> (N,)`` negative log-likelihood in nats of each sample under a density
             model; reported as bits per dimension ``nll / (D ln 2)``.
-        flow: a density model with ``log_prob(x) -> (N,)`` (e.g. an :class:`nflows.flows.Flow`), used as
-            ``nll_fn = -flow.log_prob``; pass ``nll_fn`` instead if the flow needs preprocessing.
+        flow: a normalizing flow scored with :func:`xcf.models.bits_per_dim` (deterministic
+            dequantisation; true bits per dimension of the discrete data); pass ``nll_fn`` for other
+            density models.
+        levels: grey levels for ``flow`` (default: the flow's own; required for a flow without xcf's
+            ``Dequantize``).
         train: ``(train_x, train_y)`` for the nearest-neighbour realism fallback.
         on_manifold_fn: ``on_manifold_fn(result) -> (N,)`` share of ``||x' - x||^2`` in the tangent
             space (e.g. ``xcf.evaluate.geometry.on_manifold_fraction`` on the generator's tangent basis).
+        bounds: the data range ``(low, high)`` for ``out_of_range``; realism is scored on ``x'`` clamped to
+            it.  ``"auto"``: ``(0, 1)`` when every input lies in ``[0, 1]``, else no range; ``None``: none.
         sparsity_tol: an entry counts as changed for ``sparsity`` when ``|x' - x| > sparsity_tol``
             (input units).
         tol: deprecated name of ``sparsity_tol``.
@@ -141,6 +155,8 @@ def counterfactual_metrics(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if nll_fn is not None and flow is not None:
         raise ValueError("give either nll_fn or flow, not both")
+    if levels is not None and flow is None:
+        raise ValueError("levels is used only with flow=")
     x, xc = result.inputs.detach(), result.counterfactual.detach()
     if xc.shape != x.shape:
         raise ValueError(f"counterfactual shape {tuple(xc.shape)} differs from inputs shape {tuple(x.shape)}")
@@ -170,13 +186,21 @@ def counterfactual_metrics(
     out["l1"] = delta.abs().sum(dim=1)
     out["l2"] = delta.pow(2).sum(dim=1).sqrt()
     out["sparsity"] = (delta.abs() > sparsity_tol).to(dtype).mean(dim=1) if delta.shape[1] else delta.new_zeros(n)
+    if bounds == "auto":
+        bounds = (0.0, 1.0) if n and float(x.min()) >= 0.0 and float(x.max()) <= 1.0 else None
+    scored = xc
+    if bounds is not None:
+        share = result.out_of_range(bounds).to(device=x.device, dtype=dtype)
+        out["out_of_range"] = (share > 0).to(dtype)
+        out["out_of_range_pixels"] = share
+        scored = xc.clamp(*bounds)
     if flow is not None:
         if not callable(getattr(flow, "log_prob", None)):
             raise TypeError("flow must have a log_prob(x) method; pass nll_fn for other density models")
-        nll_fn = lambda z: -flow.log_prob(z)  # noqa: E731
-    if nll_fn is not None:
-        with torch.no_grad(), preserved(flow if flow is not None else nll_fn):
-            nll = _batched(nll_fn, xc, batch_size, "nll_fn").to(dtype).reshape(-1)
+        out["realism_bpd"] = bits_per_dim(flow, scored, levels, dequantize=False, batch_size=batch_size).to(dtype)
+    elif nll_fn is not None:
+        with torch.no_grad(), preserved(nll_fn):
+            nll = _batched(nll_fn, scored, batch_size, "nll_fn").to(dtype).reshape(-1)
         if nll.shape[0] != n:
             raise ValueError(f"nll_fn must return one value per sample ({n}), got {nll.shape[0]}")
         out["realism_bpd"] = nll / (delta.shape[1] * math.log(2.0))
@@ -200,10 +224,14 @@ def counterfactual_metrics(
 class MetricsTable:
     """Mean metrics per method: rows are methods, columns are metrics.
 
+    Means are over the finite values; how many values were not finite (a NaN or infinite likelihood,
+    say) is kept in :attr:`nonfinite` and shown beside the mean, never averaged away in silence.
+
     Attributes:
-        rows: ``{method: {metric: mean over samples}}`` (NaNs ignored in the mean).
-        counts: ``{method: number of samples averaged}``.
+        rows: ``{method: {metric: mean over the finite values}}``.
+        counts: ``{method: number of samples}``.
         columns: metric order (union over rows, in :data:`METRIC_COLUMNS` order).
+        nonfinite: ``{method: {metric: number of non-finite values}}`` (only entries above 0).
 
     Example:
         >>> t = MetricsTable({"pixel": {"validity": 1.0, "l2": 0.5}})
@@ -216,6 +244,7 @@ class MetricsTable:
     rows: dict[str, dict[str, float]]
     counts: dict[str, int] = field(default_factory=dict)
     columns: list[str] = field(default_factory=list)
+    nonfinite: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.columns:
@@ -226,40 +255,61 @@ class MetricsTable:
     def from_metrics(
         cls, metrics: Mapping[str, Mapping[str, Tensor]], *, mask: Optional[Mapping[str, Tensor]] = None
     ) -> "MetricsTable":
-        """Average per-sample metrics (``{method: {metric: (N,) tensor}}``), optionally over a mask."""
-        rows, counts = {}, {}
+        """Average per-sample metrics (``{method: {metric: (N,) tensor}}``), optionally over a mask per method.
+
+        Example:
+            >>> t = MetricsTable.from_metrics({"m": {"realism_bpd": torch.tensor([1.0, float("nan"), 3.0])}})
+            >>> t["m"]["realism_bpd"], t.nonfinite, t.to_markdown().splitlines()[-1]
+            (2.0, {'m': {'realism_bpd': 1}}, '| m | 3 | 2.000 (1 non-finite) |')
+        """
+        rows, counts, nonfinite = {}, {}, {}
         for name, per_sample in metrics.items():
             sel = None if mask is None else mask[name].bool()
-            row = {}
+            row, bad = {}, {}
             n = 0
             for metric, values in per_sample.items():
                 v = values.detach().double().reshape(-1)
                 if sel is not None:
                     v = v[sel.to(v.device)]
                 n = max(n, v.numel())
-                row[metric] = float(v.nanmean()) if v.numel() else float("nan")
+                finite = torch.isfinite(v)
+                k = int((~finite).sum())
+                if k:
+                    bad[metric] = k
+                row[metric] = float(v[finite].mean()) if bool(finite.any()) else float("nan")
             rows[name], counts[name] = row, n
-        return cls(rows, counts)
+            if bad:
+                nonfinite[name] = bad
+        return cls(rows, counts, nonfinite=nonfinite)
 
     def __getitem__(self, method: str) -> dict[str, float]:
         return self.rows[method]
 
-    def to_dict(self) -> dict[str, dict[str, float]]:
-        """``{method: {"n": count, metric: mean, ...}}`` (plain floats, JSON-ready; NaN for missing)."""
-        out = {}
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """``{method: {"n": count, metric: mean, ..., "nonfinite": {metric: count}}}`` (JSON-ready; NaN for
+        missing; ``"nonfinite"`` only where some value was not finite)."""
+        out: dict[str, dict[str, Any]] = {}
         for name, row in self.rows.items():
-            d: dict[str, float] = {"n": self.counts[name]} if name in self.counts else {}
+            d: dict[str, Any] = {"n": self.counts[name]} if name in self.counts else {}
             d.update({c: row.get(c, float("nan")) for c in self.columns})
+            if self.nonfinite.get(name):
+                d["nonfinite"] = dict(self.nonfinite[name])
             out[name] = d
         return out
+
+    def cell(self, method: str, metric: str, digits: int = 3) -> str:
+        """One cell as the markdown table shows it: the mean, and how many values were not finite."""
+        text = format_number(self.rows[method].get(metric, float("nan")), digits)
+        bad = self.nonfinite.get(method, {}).get(metric, 0)
+        return f"{text} ({bad} non-finite)" if bad else text
 
     def to_markdown(self, digits: int = 3) -> str:
         """A GitHub-flavoured markdown table with numbers rounded for reading."""
         head = ["method", "n"] + self.columns
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for name, row in self.rows.items():
+        for name in self.rows:
             cells = [name, format_number(self.counts[name]) if name in self.counts else "-"]
-            cells += [format_number(row.get(c, float("nan")), digits) for c in self.columns]
+            cells += [self.cell(name, c, digits) for c in self.columns]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 

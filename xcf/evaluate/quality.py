@@ -11,22 +11,24 @@ The trace of the matrix square root is computed stably as the sum of the square 
 (clamped non-negative) eigenvalues of the symmetric PSD matrix ``Σ_r^{1/2} Σ_g Σ_r^{1/2}``, in float64;
 mathematically the value is symmetric in the two sets.  Like FID, the reported value is ``FD²``.
 
-The feature space is the user's: any callable ``x -> (N, d)``, or by default the penultimate layer
-of the audited classifier (``classifier.features`` if it has one, else the input of its last
+The feature space is the user's: any callable ``x -> (N, d)`` (:func:`pca_features` gives one that no
+trained model took part in: the principal components of the training data), or by default the
+penultimate layer of the audited classifier (``classifier.features`` if it has one, else the input of its last
 ``nn.Linear``).  No network is ever downloaded.  The estimate is biased upward for few samples
 (compare sets of equal size, and report the real-vs-real floor alongside).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
 
 from xcf._validation import check_inputs, check_module_mode, preserved
 
-__all__ = ["frechet_distance", "gaussian_frechet_distance", "penultimate_features"]
+__all__ = ["frechet_distance", "gaussian_frechet_distance", "inception_score", "judge_sets", "pca_features",
+           "penultimate_features"]
 
 
 def gaussian_frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -> float:
@@ -89,6 +91,41 @@ def penultimate_features(classifier: nn.Module) -> Callable[[Tensor], Tensor]:
         return captured[-1]
 
     return hooked
+
+
+def pca_features(train: Tensor, dims: int = 50) -> Callable[[Tensor], Tensor]:
+    """A feature map independent of every trained model: projection onto the top ``dims`` principal
+    components of ``train`` (flattened), for a Fréchet distance no classifier or generator took part in.
+
+    Args:
+        train: ``(N, ...)`` reference samples (the training data).
+        dims: number of components (at most ``min(N, D)``).
+
+    Returns:
+        ``features(x) -> (M, dims)`` on ``x``'s device.
+
+    Example:
+        >>> phi = pca_features(torch.randn(100, 1, 4, 4), dims=5)
+        >>> phi(torch.randn(3, 1, 4, 4)).shape
+        torch.Size([3, 5])
+    """
+    check_inputs(train, "train", min_dim=2)
+    flat = train.detach().flatten(1).double().cpu()
+    dims = int(dims)
+    if not 1 <= dims <= min(flat.shape):
+        raise ValueError(f"dims must be in [1, {min(flat.shape)}] for {flat.shape[0]} samples of "
+                         f"{flat.shape[1]} values")
+    mean = flat.mean(0)
+    _, _, vh = torch.linalg.svd(flat - mean, full_matrices=False)
+    basis = vh[:dims].t().contiguous()                                     # (D, dims)
+    # SVD signs are arbitrary; fix them so the features are the same on every machine
+    basis = basis * torch.sign(basis[basis.abs().argmax(0), torch.arange(dims)])
+
+    def features(x: Tensor) -> Tensor:
+        f = (x.detach().flatten(1).double() - mean.to(x.device)) @ basis.to(x.device)
+        return f.to(x.dtype if x.is_floating_point() else torch.float32)
+
+    return features
 
 
 def _features(fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int, name: str) -> Tensor:
@@ -160,3 +197,68 @@ def frechet_distance(
         raise ValueError(f"features of real and fake differ in dimension: {fr.shape[1]} vs {ff.shape[1]}")
     return gaussian_frechet_distance(fr.mean(0), torch.cov(fr.T).reshape(fr.shape[1], -1),
                                      ff.mean(0), torch.cov(ff.T).reshape(ff.shape[1], -1))
+
+
+def inception_score(
+    classifier: Callable[[Tensor], Tensor],
+    x: Tensor,
+    splits: int = 10,
+    *,
+    output: str = "logits",
+    batch_size: int = 500,
+) -> tuple[float, float]:
+    r"""Inception Score ``exp(E_x KL(p(y|x) || p(y)))`` of samples ``x`` under ``classifier`` (Salimans et al., 2016).
+
+    High when each sample is confidently one class (sharp ``p(y|x)``) and the classes are balanced over
+    the set (broad ``p(y)``): at most the number of classes, 1 for identical predictions.  The
+    classifier of the audit serves as the feature model (no download).  Blind spots: it ignores
+    realism within a class and rewards adversarial images the classifier is sure about.
+
+    Args:
+        classifier: ``x -> (N, K)`` logits (or probabilities with ``output="probs"``), in eval mode.
+        x: ``(N, ...)`` samples.
+        splits: the set is cut into this many parts; the score is computed per part.
+        output: ``"logits"`` or ``"probs"``.
+        batch_size: samples per classifier call.
+
+    Returns:
+        ``(mean, standard deviation)`` over the splits.
+
+    Example:
+        >>> onehot = lambda v: torch.eye(4)[v.flatten(1)[:, 0].long() % 4] * 50   # logits of one sure class
+        >>> x = torch.arange(400.).view(400, 1)
+        >>> round(inception_score(onehot, x, splits=4)[0], 3), round(inception_score(lambda v: v * 0, x)[0], 3)
+        (4.0, 1.0)
+    """
+    check_inputs(x, "x", min_dim=1)
+    if isinstance(splits, bool) or not isinstance(splits, int) or not 1 <= splits <= x.shape[0]:
+        raise ValueError(f"splits must be an int in [1, {x.shape[0]}] (the number of samples), got {splits!r}")
+    if output not in ("logits", "probs"):
+        raise ValueError(f"output must be 'logits' or 'probs', got {output!r}")
+    guard = classifier if isinstance(classifier, nn.Module) else None
+    with torch.no_grad(), preserved(guard):
+        if guard is not None:
+            check_module_mode(guard, "classifier")
+        out = _features(classifier, x, batch_size, "classifier").double()
+    if out.ndim != 2:
+        raise ValueError(f"the classifier must return (N, classes), got shape {tuple(out.shape)}")
+    log_p = torch.log_softmax(out, 1) if output == "logits" else out.clamp_min(1e-30).log()
+    scores = []
+    for part in torch.tensor_split(log_p, splits):
+        log_marginal = torch.logsumexp(part, 0) - torch.log(torch.tensor(float(part.shape[0]), dtype=part.dtype))
+        kl = (part.exp() * (part - log_marginal)).sum(1).mean()
+        scores.append(float(kl.exp()))
+    t = torch.tensor(scores, dtype=torch.float64)
+    return float(t.mean()), float(t.std(unbiased=False)) if len(scores) > 1 else 0.0
+
+
+def judge_sets(sets: Mapping[str, Tensor], judges: Mapping[str, Callable[[Tensor], float]]) -> dict[str, dict[str, float]]:
+    """``{set name: {judge: judge(images)}}``: set-level judges (a Fréchet distance, an Inception Score, a mean
+    likelihood) of several image sets, e.g. each method's counterfactuals beside the real test images.
+
+    Example:
+        >>> judge_sets({"a": torch.ones(2, 3)}, {"mean": lambda v: float(v.mean())})
+        {'a': {'mean': 1.0}}
+    """
+    return {name: {judge: float(fn(images)) for judge, fn in judges.items()} for name, images in sets.items()} \
+        if judges else {}

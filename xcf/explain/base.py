@@ -97,7 +97,7 @@ class CounterfactualExplainer(Attribution):
         target: TargetType | None = None,
         *,
         additional_forward_args: Any = None,
-        confidence: float = 0.99,
+        confidence: Optional[float] = None,
         steps: Optional[int] = None,
         lr: Optional[float] = None,
         update: Optional[str] = None,
@@ -112,7 +112,8 @@ class CounterfactualExplainer(Attribution):
                 An objective passed here (anything with ``check`` and ``__call__``, e.g. a
                 :class:`~xcf.objectives.ScalarTarget`) is used as ``objective``.
             additional_forward_args: extra arguments for ``forward_func``.
-            confidence: stop a sample once ``softmax(f(x'))[target] >= confidence``.
+            confidence: stop a sample once ``softmax(f(x'))[target] >= confidence`` (default: the chart's,
+                0.99 for pixel and generator charts).
             steps: update budget per sample (default: the chart's).
             lr: step size (default: the chart's).
             update: the step rule, ``"adam"``, ``"sign"`` or ``"l2"`` (default: the chart's; see
@@ -136,6 +137,7 @@ class CounterfactualExplainer(Attribution):
         if objective is not None and target is not None:
             raise ValueError("pass either target (a class to reach) or objective, not both")
         if objective is None:
+            confidence = self.chart.confidence if confidence is None else confidence
             objective = ClassTarget(as_target_tensor(target, x.shape[0], x.device), confidence, self.output)
         targets = getattr(objective, "target", None)
         chart = self.chart

@@ -29,6 +29,9 @@ class DiffeomorphicCounterfactual(CounterfactualExplainer):
         event_shape: sample shape the flow expects (``None``: the input's shape, else flattened).
         max_recon_error: largest acceptable RMS reconstruction error of the flow (worse is refused).
         recon_tol: deprecated name of ``max_recon_error``.
+        bounds: ``(low, high)`` of the data range: clamp ``g(z)`` onto it, so the classifier judges the
+            projected image (``None``, the default: ``g(z)`` as is; see
+            :meth:`~xcf.result.CounterfactualResult.out_of_range`).
 
     Example:
         >>> from xcf.models.flows import realnvp_flow
@@ -53,7 +56,9 @@ class DiffeomorphicCounterfactual(CounterfactualExplainer):
         event_shape: Optional[tuple[int, ...]] = None,
         max_recon_error: float = 1e-3,
         recon_tol: Optional[float] = None,
+        bounds: Optional[tuple[float, float]] = None,
     ):
-        chart = FlowChart(flow, event_shape=event_shape, max_recon_error=max_recon_error, recon_tol=recon_tol)
+        chart = FlowChart(flow, event_shape=event_shape, max_recon_error=max_recon_error, recon_tol=recon_tol,
+                          bounds=bounds)
         super().__init__(forward_func, chart, output=output)
         self.flow = flow

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xcf._validation import check_image_size
 from xcf.datasets import load_digits  # noqa: F401  (the doctests use it)
 from xcf.models.training import TrainContext, fit
 
@@ -49,8 +50,7 @@ class DigitsCNN(nn.Module):
         for name, value, low in (("in_channels", in_channels, 1), ("n_classes", n_classes, 2), ("width", width, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 4 or image_size % 4:
-            raise ValueError(f"image_size must be a positive multiple of 4, got {image_size!r}")
+        check_image_size(image_size)
         self.in_channels = in_channels
         self.n_classes = n_classes
         self.image_size = image_size

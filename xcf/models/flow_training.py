@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -11,10 +12,11 @@ from torch import Tensor, nn
 
 from xcf._validation import preserved
 from xcf.datasets import DIGITS_LEVELS, load_digits  # noqa: F401  (the doctests use load_digits)
+from xcf.datasets.augment import random_shift
 from xcf.models.flows import Dequantize, realnvp_flow  # noqa: F401  (the doctests build a realnvp_flow)
 from xcf.models.training import TrainContext, fit
 
-__all__ = ["bits_per_dim", "train_flow"]
+__all__ = ["bits_per_dim", "check_flow_fit", "infer_levels", "train_flow"]
 
 
 def _find_dequantize(flow: nn.Module) -> Optional[Dequantize]:
@@ -42,6 +44,7 @@ def train_flow(
     clip: float = 10.0,
     weight_decay: float = 0.0,
     max_seconds: Optional[float] = None,
+    max_shift: int = 0,
 ) -> dict[str, Any]:
     """Fit ``flow`` to ``x`` in place by maximum likelihood (AdamW, cosine learning rate, gradient clipping).
 
@@ -64,6 +67,8 @@ def train_flow(
         weight_decay: AdamW weight decay.
         max_seconds: wall-clock budget: training stops when it is spent, and the cosine schedule
             follows the elapsed time so that a capped run still anneals to ``lr ≈ 0``.
+        max_shift: augmentation: every training batch is translated by random integer offsets of up
+            to this many pixels (:func:`xcf.datasets.augment.random_shift`; images ``(N, C, H, W)``).
 
     Returns:
         History: ``"nll"`` (mean ``-flow.log_prob`` per epoch, nats per sample), ``"bits_per_dim"``
@@ -80,6 +85,10 @@ def train_flow(
     _check_flow_data(flow, x)
     if epochs < 1 or batch_size < 1 or lr <= 0 or clip <= 0:
         raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0, clip > 0; got {epochs}, {batch_size}, {lr}, {clip}")
+    if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
+        raise ValueError(f"max_shift must be an int >= 0, got {max_shift!r}")
+    if max_shift and x.ndim != 4:
+        raise ValueError(f"max_shift needs images (N, C, H, W), got x of shape {tuple(x.shape)}")
     dq = _find_dequantize(flow)
     dims = x[0].numel()
     offset = dims * math.log(dq.levels - 1) if dq is not None else None
@@ -90,6 +99,8 @@ def train_flow(
             flow.log_prob(x[torch.randperm(n, generator=ctx.generator)[:512].to(x.device)])
 
     def step(xb: Tensor, ctx: TrainContext):
+        if max_shift:
+            xb = random_shift(xb, max_shift, ctx.generator)
         loss = -flow.log_prob(xb).mean()
         if not bool(torch.isfinite(loss)):
             return None  # skipped: no update, the schedule does not advance
@@ -106,10 +117,69 @@ def train_flow(
     return history
 
 
+def _log_prob_shape(flow: nn.Module, x: Tensor) -> tuple[int, ...]:
+    """The sample shape ``flow.log_prob`` takes: ``x``'s own, else flattened (a flow on vectors)."""
+    errors = []
+    for shape in (tuple(x.shape[1:]), (x[0].numel(),)):
+        try:
+            with torch.no_grad():
+                flow.log_prob(x[:1].reshape((1,) + shape))
+            return shape
+        except Exception as e:  # noqa: BLE001 - both attempts are reported below
+            errors.append(f"{shape}: {type(e).__name__}: {e}")
+    raise ValueError("the flow's log_prob accepts neither the data's shape nor flattened samples; " + "; ".join(errors))
+
+
+def infer_levels(x: Tensor) -> int:
+    """The number of grey levels ``L`` of data ``x = k / (L - 1)`` in ``[0, 1]``: the smallest ``L <= 256`` that fits.
+
+    Raises ``ValueError`` for data outside ``[0, 1]`` or not on any such grid (pass ``levels`` then).
+
+    Example:
+        >>> infer_levels(torch.tensor([0.0, 0.25, 1.0])), infer_levels(torch.arange(256) / 255.0)
+        (5, 256)
+    """
+    values = torch.unique(x.detach().to("cpu", torch.float64))
+    if values.numel() == 0 or not bool(torch.isfinite(values).all()):
+        raise ValueError("cannot infer grey levels: the data is empty or not finite")
+    if float(values[0]) < 0 or float(values[-1]) > 1:
+        raise ValueError(f"cannot infer grey levels: the data lies in [{float(values[0]):.4g}, {float(values[-1]):.4g}], "
+                         "not [0, 1]")
+    for levels in range(2, 257):
+        k = values * (levels - 1)
+        if bool(((k - k.round()).abs() < 5e-5).all()):  # float32 data: k is off by at most 255 * 6e-8
+            return levels
+    raise ValueError("cannot infer grey levels: the data is not of the form k / (L - 1) for any L <= 256; "
+                     "pass levels explicitly")
+
+
+def check_flow_fit(flow: Flow, x: Tensor, test_bits_per_dim: float, margin: float = 0.5,
+                   levels: Optional[int] = None) -> float:
+    """Warn when ``flow`` fits the data ``x`` far worse than its own test split: its counterfactuals on ``x``
+    are then not trustworthy (a flow fitted on other data, or a shifted data set).
+
+    Args:
+        flow: the flow.
+        x: the audited data ``(N, ...)`` in ``[0, 1]`` (up to 1,000 samples are scored).
+        test_bits_per_dim: the flow's bits/dim on its own test split.
+        margin: warn when the audited data scores more than this many bits/dim worse.
+        levels: grey levels (see :func:`bits_per_dim`).
+
+    Returns:
+        The mean bits/dim of ``x`` (uniform dequantisation, as ``test_bits_per_dim`` is measured).
+    """
+    value = float(bits_per_dim(flow, x[:1000], levels).mean())
+    if not value <= test_bits_per_dim + margin:
+        warnings.warn(f"the flow scores the audited data at {value:.3f} bits/dim, more than {margin:g} worse than "
+                      f"its own test split ({test_bits_per_dim:.3f}): it does not model this data, and its "
+                      "counterfactuals on it are not trustworthy", UserWarning, stacklevel=2)
+    return value
+
+
 def bits_per_dim(
     flow: Flow,
     x: Tensor,
-    levels: int = DIGITS_LEVELS,
+    levels: Optional[int] = None,
     dequantize: bool = True,
     n_samples: int = 1,
     seed: int = 0,
@@ -123,17 +193,20 @@ def bits_per_dim(
     * ``dequantize=True``: ``u ~ U(0, 1)`` per pixel (drawn under ``seed``), averaged over
       ``n_samples`` draws: the standard variational bound on the discrete code length.
     * ``dequantize=False``: ``u = 1/2``, the deterministic eval-mode mapping.  This is how xcf scores
-      counterfactuals, which need not lie on the pixel grid, beside real digits.
+      counterfactuals, which need not lie on the pixel grid, beside real images.
 
     For a flow built here (a :class:`Dequantize` inside), ``log p_t(t) = flow.log_prob(x) -
     D log((L - 1) / L)`` with the flow in eval mode and its :class:`Dequantize` switched to noise for
-    ``dequantize=True``.  For a flow without one, the flow is taken to model ``t`` directly:
-    ``log p_t(t) = flow.log_prob(t)``.  The flow's modes are restored.
+    ``dequantize=True``; ``L`` is the flow's own.  For a flow without one (a user's flow), the flow is
+    taken to model ``t`` directly, ``log p_t(t) = flow.log_prob(t)``, and ``levels`` must be given.
+    A flow on flat vectors gets flattened samples.  The flow's modes are restored.  A sample whose
+    log-density is not finite gets ``nan`` or ``inf``, never a silent substitute.
 
     Args:
         flow: the flow.
         x: data ``(N, ...)`` in ``[0, 1]`` (``x = k / (L - 1)``).
-        levels: ``L``; must equal the flow's :class:`Dequantize` levels.
+        levels: ``L``; default (and only accepted value) for xcf's flows: the flow's :class:`Dequantize`
+            levels; required for other flows.
         dequantize: uniform noise (``True``) or the cell centre (``False``).
         n_samples: noise draws averaged (only with ``dequantize=True``).
         seed: seed of the noise (torch's global generator is left as it was).
@@ -148,25 +221,31 @@ def bits_per_dim(
         torch.Size([5])
     """
     _check_flow_data(flow, x)
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+    if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int) or levels < 2):
         raise ValueError(f"levels must be an int >= 2, got {levels!r}")
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
     dq = _find_dequantize(flow)
-    if dq is not None and dq.levels != levels:
-        raise ValueError(f"levels={levels} but the flow dequantises {dq.levels} levels")
+    if dq is not None and levels is not None and dq.levels != levels:
+        raise ValueError(f"levels={levels} contradicts the flow, which dequantises {dq.levels} levels "
+                         "(leave levels out to use the flow's own)")
+    if dq is None and levels is None:
+        raise ValueError("levels is required for a flow without xcf's Dequantize: the number of grey levels "
+                         "of the data (256 for 8-bit images)")
+    L = dq.levels if dq is not None else levels
     dims = x[0].numel()
-    L = levels
     total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     devices = [x.device.index or 0] if x.device.type == "cuda" else []
     with preserved(flow), torch.no_grad(), torch.random.fork_rng(devices=devices):
         torch.manual_seed(int(seed))
         flow.eval()
+        shape = _log_prob_shape(flow, x)
         if dq is not None and dequantize:
             dq.train()
         for _ in range(n_samples if dequantize else 1):
             for i in range(0, x.shape[0], batch_size):
                 xb = x[i : i + batch_size]
+                xb = xb.reshape((xb.shape[0],) + shape)
                 if dq is not None:
                     log_pt = flow.log_prob(xb) - dims * math.log((L - 1) / L)
                 else:

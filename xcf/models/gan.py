@@ -27,18 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xcf._validation import check_image_size
 from xcf.models.training import TrainContext, fit
 
 __all__ = ["DCGANGenerator", "DCGANDiscriminator", "train_gan"]
-
-_SIZES = (8, 28)
-
-
-def _check_image_size(image_size: int) -> int:
-    if image_size not in _SIZES:
-        raise ValueError(f"image_size must be one of {_SIZES}, got {image_size!r}")
-    return int(image_size)
-
 
 class DCGANGenerator(nn.Module):
     """``z -> x``: linear layer to a ``(4w, s/4, s/4)`` map, two ``ConvTranspose2d(4, 2, 1)`` + sigmoid.
@@ -48,7 +40,7 @@ class DCGANGenerator(nn.Module):
 
     Args:
         latent_dim: dimension ``d`` of ``z``.
-        image_size: 8 (the digits default) or 28 (MNIST-like).
+        image_size: height and width, a multiple of 4 (8 for the digits, 28 for MNIST, 32, ...).
         channels: image channels.
         width: base number of feature maps.
 
@@ -67,7 +59,7 @@ class DCGANGenerator(nn.Module):
                 f"latent_dim, channels and width must be >= 1, got {latent_dim}, {channels}, {width}"
             )
         self.latent_dim = int(latent_dim)
-        self.image_size = _check_image_size(image_size)
+        self.image_size = check_image_size(image_size)
         self.channels = int(channels)
         s = self.image_size // 4
         self._base = (4 * width, s, s)
@@ -101,7 +93,7 @@ class DCGANDiscriminator(nn.Module):
     critic (whose gradient penalty is per sample).
 
     Args:
-        image_size: 8 or 28.
+        image_size: height and width, a multiple of 4.
         channels: image channels.
         width: base number of feature maps.
 
@@ -112,7 +104,7 @@ class DCGANDiscriminator(nn.Module):
 
     def __init__(self, image_size: int = 8, channels: int = 1, width: int = 32):
         super().__init__()
-        self.image_size = _check_image_size(image_size)
+        self.image_size = check_image_size(image_size)
         self.channels = int(channels)
         s = self.image_size // 4
         self.net = nn.Sequential(

@@ -22,12 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xcf._validation import check_image_size
 from xcf.models.training import TrainContext, fit
 
 __all__ = ["VAE", "train_vae", "vae_loss"]
-
-_SIZES = (8, 28)
-
 
 class _Decoder(nn.Module):
     """``z -> x``: linear layer to ``(2w, s/4, s/4)``, two ``ConvTranspose2d(4, 2, 1)``, sigmoid."""
@@ -56,7 +54,7 @@ class VAE(nn.Module):
 
     Args:
         latent_dim: dimension ``d`` of ``z``.
-        image_size: 8 (the digits default) or 28.
+        image_size: height and width, a multiple of 4 (8 for the digits, 28 for MNIST, 32, ...).
         channels: image channels.
         width: base number of feature maps.
 
@@ -71,8 +69,7 @@ class VAE(nn.Module):
 
     def __init__(self, latent_dim: int, image_size: int = 8, channels: int = 1, width: int = 32):
         super().__init__()
-        if image_size not in _SIZES:
-            raise ValueError(f"image_size must be one of {_SIZES}, got {image_size!r}")
+        check_image_size(image_size)
         if latent_dim < 1 or channels < 1 or width < 1:
             raise ValueError(
                 f"latent_dim, channels and width must be >= 1, got {latent_dim}, {channels}, {width}"

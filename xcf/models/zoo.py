@@ -34,12 +34,30 @@ from nflows.flows.base import Flow
 from torch import nn
 
 from xcf.datasets import DIGITS_LEVELS, load_digits
+from xcf.datasets.mnist import load_mnist
 from xcf.datasets.watermark import stamp
 from xcf.models.classifier import DigitsCNN, accuracy, train_classifier
 from xcf.models.flow_training import bits_per_dim, train_flow
 from xcf.models.flows import glow_flow, realnvp_flow
 from xcf.models.gan import DCGANDiscriminator, DCGANGenerator, train_gan
 from xcf.models.io import cached_model, load_state, merged
+from xcf.models.pixelcnn import GatedPixelCNN
+from xcf.models.pixelcnn_training import _train_pixelcnn, build_pixelcnn, pixelcnn_recipe
+from xcf.models.recipes import (
+    _train_classifier,
+    _train_flow,
+    _train_gan,
+    _train_vae,
+    build_classifier,
+    build_flow,
+    build_gan,
+    build_vae,
+    classifier_recipe,
+    flow_recipe,
+    gan_recipe,
+    seeded,
+    vae_recipe,
+)
 from xcf.models.vae import VAE, train_vae, vae_loss
 
 __all__ = [
@@ -58,6 +76,14 @@ __all__ = [
     "digits_vae",
     "watermark_classifier",
     "load_classifier",
+    "MNIST_CONFIGS",
+    "mnist_classifier",
+    "mnist_flow",
+    "mnist_gan",
+    "mnist_vae",
+    "mnist_pixelcnn",
+    "digits_pixelcnn",
+    "DIGITS_PIXELCNN_CONFIG",
 ]
 
 
@@ -71,17 +97,10 @@ DIGITS_CLASSIFIER_CONFIG: dict[str, Any] = {
 }
 
 
-def _seeded(seed: int, make: Callable[[], nn.Module]) -> nn.Module:
-    """``make()`` under ``torch.manual_seed(seed)``, leaving the global RNG as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return make()
-
-
 def build_digits_classifier(config: dict[str, Any]) -> DigitsCNN:
     """An untrained :class:`DigitsCNN` from a configuration like :data:`DIGITS_CLASSIFIER_CONFIG`, seeded
     by its ``"seed"`` (the global RNG is left as it was)."""
-    return _seeded(config["seed"], lambda: DigitsCNN(**config["model"]))
+    return seeded(config["seed"], lambda: DigitsCNN(**config["model"]))
 
 
 def digits_classifier(
@@ -233,7 +252,7 @@ def build_digits_flow(config: dict[str, Any]) -> Flow:
     builder = realnvp_flow if config["kind"] == "realnvp" else glow_flow
     model = dict(config["model"])
     model["shape"] = tuple(model["shape"])
-    return _seeded(config["seed"], lambda: builder(**model))
+    return seeded(config["seed"], lambda: builder(**model))
 
 
 def digits_flow(
@@ -309,7 +328,7 @@ DIGITS_GAN_CONFIG: dict[str, Any] = {
 def build_digits_gan(config: dict[str, Any]) -> DCGANGenerator:
     """An untrained generator from a configuration like :data:`DIGITS_GAN_CONFIG`, seeded by its ``"seed"``
     (the global RNG is left as it was)."""
-    return _seeded(config["seed"], lambda: DCGANGenerator(config["latent_dim"], config["image_size"],
+    return seeded(config["seed"], lambda: DCGANGenerator(config["latent_dim"], config["image_size"],
                                                           config["channels"], config["width"]))
 
 
@@ -347,7 +366,7 @@ def digits_gan(
 
     def train(G: nn.Module) -> dict[str, Any]:
         x, _ = load_digits("train")
-        D = _seeded(config["seed"] + 1, lambda: DCGANDiscriminator(config["image_size"], config["channels"],
+        D = seeded(config["seed"] + 1, lambda: DCGANDiscriminator(config["image_size"], config["channels"],
                                                                    config["width"]))
         history = train_gan(
             G, D, x, loss=config["loss"], epochs=config["epochs"], lr=config["lr"],
@@ -384,7 +403,7 @@ DIGITS_VAE_CONFIG: dict[str, Any] = {
 def build_digits_vae(config: dict[str, Any]) -> VAE:
     """An untrained VAE from a configuration like :data:`DIGITS_VAE_CONFIG`, seeded by its ``"seed"``
     (the global RNG is left as it was)."""
-    return _seeded(config["seed"], lambda: VAE(config["latent_dim"], config["image_size"], config["channels"],
+    return seeded(config["seed"], lambda: VAE(config["latent_dim"], config["image_size"], config["channels"],
                                                config["width"]))
 
 
@@ -442,3 +461,145 @@ def digits_vae(
 
     model, metrics = cached_model("digits-vae", config, build_digits_vae, train, cache_dir, retrain)
     return model, metrics
+
+
+# ----------------------------------------------------------------------------------------- MNIST
+#: the MNIST reference models: the :mod:`xcf.models.recipes` for ``load_mnist("train")`` (4,000 images of
+#: 28x28, 256 levels), each with a wall-clock cap for a 2-core CPU (the schedules still anneal under it)
+MNIST_CONFIGS: dict[str, dict[str, Any]] = {
+    "classifier": {**classifier_recipe((1, 28, 28), 10, 4000), "max_seconds": 300, "data": "mnist-train"},
+    "flow": {**flow_recipe((1, 28, 28), 256, 4000), "max_seconds": 1200, "data": "mnist-train"},
+    "gan": {**gan_recipe((1, 28, 28), 4000), "max_seconds": 600, "data": "mnist-train"},
+    "pixelcnn": {**pixelcnn_recipe((1, 28, 28), 4000), "max_seconds": 1200, "data": "mnist-train"},
+    "vae": {**vae_recipe((1, 28, 28), 4000), "max_seconds": 300, "data": "mnist-train"},
+}
+
+
+def _mnist(name: str, build: Callable[[dict[str, Any]], nn.Module], train: Callable[..., dict[str, Any]],
+           cache_dir: Optional[str | os.PathLike], retrain: bool, progress: bool,
+           overrides: Optional[dict[str, Any]]) -> tuple[Any, dict[str, Any]]:
+    config = merged(MNIST_CONFIGS[name], overrides)
+
+    def fit_one(model: nn.Module) -> dict[str, Any]:
+        return train(model, config, config["max_seconds"], progress)
+
+    return cached_model(f"mnist-{name}", config, build, fit_one, directory=cache_dir, retrain=retrain)
+
+
+def mnist_classifier(cache_dir: Optional[str | os.PathLike] = None, retrain: bool = False, progress: bool = False,
+                     overrides: Optional[dict[str, Any]] = None) -> tuple[DigitsCNN, dict[str, Any]]:
+    """The reference MNIST classifier: a 28x28 :class:`DigitsCNN` trained on ``load_mnist("train")``, cached.
+
+    Returns:
+        ``(model in eval mode, metrics)`` with ``test_accuracy`` on the 1,000 test digits.
+
+    Example:
+        >>> import tempfile
+        >>> model, metrics = mnist_classifier(tempfile.mkdtemp(), overrides={"train": {"epochs": 1}, "max_seconds": 2})
+        >>> model(torch.zeros(1, 1, 28, 28)).shape
+        torch.Size([1, 10])
+    """
+    def train(model: nn.Module, config: dict[str, Any], seconds: float, progress: bool) -> dict[str, Any]:
+        return _train_classifier(model, config, *load_mnist("train"), load_mnist("test"), seconds, progress)
+
+    return _mnist("classifier", build_classifier, train, cache_dir, retrain, progress, overrides)
+
+
+def mnist_flow(cache_dir: Optional[str | os.PathLike] = None, retrain: bool = False, progress: bool = False,
+               overrides: Optional[dict[str, Any]] = None) -> tuple[Flow, dict[str, Any]]:
+    """The reference MNIST flow: :func:`xcf.models.recipes.fit_flow`'s Glow on ``load_mnist("train")``, cached.
+
+    Training is capped at 20 minutes (``MNIST_CONFIGS["flow"]["max_seconds"]``).
+
+    Returns:
+        ``(flow in eval mode, metrics)`` with ``test_bits_per_dim`` on the 1,000 test digits.
+
+    Example:
+        >>> import tempfile
+        >>> tiny = {"model": {"hidden": 4, "steps_per_scale": 1}, "train": {"epochs": 1}, "max_seconds": 2}
+        >>> flow, metrics = mnist_flow(tempfile.mkdtemp(), overrides=tiny)
+        >>> metrics["test_bits_per_dim"] > 0
+        True
+    """
+    def train(flow: nn.Module, config: dict[str, Any], seconds: float, progress: bool) -> dict[str, Any]:
+        return _train_flow(flow, config, load_mnist("train")[0], load_mnist("test")[0], seconds, progress)
+
+    return _mnist("flow", build_flow, train, cache_dir, retrain, progress, overrides)
+
+
+def mnist_gan(cache_dir: Optional[str | os.PathLike] = None, retrain: bool = False, progress: bool = False,
+              overrides: Optional[dict[str, Any]] = None) -> tuple[DCGANGenerator, dict[str, Any]]:
+    """The reference MNIST GAN generator (28x28, ``z ∈ R^32``) trained on ``load_mnist("train")``, cached.
+
+    Example:
+        >>> import tempfile
+        >>> G, _ = mnist_gan(tempfile.mkdtemp(), overrides={"epochs": 1, "max_seconds": 2})
+        >>> G(torch.zeros(2, G.latent_dim)).shape
+        torch.Size([2, 1, 28, 28])
+    """
+    def train(G: nn.Module, config: dict[str, Any], seconds: float, progress: bool) -> dict[str, Any]:
+        return _train_gan(G, config, load_mnist("train")[0], seconds, progress)
+
+    return _mnist("gan", build_gan, train, cache_dir, retrain, progress, overrides)
+
+
+def mnist_vae(cache_dir: Optional[str | os.PathLike] = None, retrain: bool = False, progress: bool = False,
+              overrides: Optional[dict[str, Any]] = None) -> tuple[VAE, dict[str, Any]]:
+    """The reference MNIST VAE (28x28, ``z ∈ R^32``, ``beta = 0.25``) trained on ``load_mnist("train")``, cached.
+
+    Example:
+        >>> import tempfile
+        >>> vae, metrics = mnist_vae(tempfile.mkdtemp(), overrides={"epochs": 1, "max_seconds": 2})
+        >>> vae.decoder(torch.zeros(2, vae.latent_dim)).shape, "test_loss" in metrics
+        (torch.Size([2, 1, 28, 28]), True)
+    """
+    def train(vae: nn.Module, config: dict[str, Any], seconds: float, progress: bool) -> dict[str, Any]:
+        return _train_vae(vae, config, load_mnist("train")[0], load_mnist("test")[0], seconds, progress)
+
+    return _mnist("vae", build_vae, train, cache_dir, retrain, progress, overrides)
+
+
+def mnist_pixelcnn(cache_dir: Optional[str | os.PathLike] = None, retrain: bool = False, progress: bool = False,
+                   overrides: Optional[dict[str, Any]] = None) -> tuple[GatedPixelCNN, dict[str, Any]]:
+    """The reference MNIST PixelCNN, an independent realism judge: :func:`~xcf.models.pixelcnn_training.fit_pixelcnn`'s
+    recipe on ``load_mnist("train")``, capped at 20 minutes, cached.
+
+    Returns:
+        ``(model in eval mode, metrics)`` with ``test_bits_per_dim`` on the 1,000 test digits.
+
+    Example:
+        >>> import tempfile
+        >>> tiny = {"model": {"hidden": 4, "layers": 1, "head": 4}, "train": {"epochs": 1}, "max_seconds": 2}
+        >>> model, metrics = mnist_pixelcnn(tempfile.mkdtemp(), overrides=tiny)
+        >>> model.bits_per_dim(load_mnist("test")[0][:2]).shape, metrics["test_bits_per_dim"] > 0
+        (torch.Size([2]), True)
+    """
+    def train(model: nn.Module, config: dict[str, Any], seconds: float, progress: bool) -> dict[str, Any]:
+        return _train_pixelcnn(model, config, load_mnist("train")[0], load_mnist("test")[0], seconds, progress)
+
+    return _mnist("pixelcnn", build_pixelcnn, train, cache_dir, retrain, progress, overrides)
+
+
+#: the digits PixelCNN: the recipe for 8x8 images of 17 levels, capped at 3 minutes
+DIGITS_PIXELCNN_CONFIG: dict[str, Any] = {**pixelcnn_recipe((1, 8, 8), 1347, levels=DIGITS_LEVELS), "max_seconds": 180,
+                                          "data": "digits-train"}
+
+
+def digits_pixelcnn(cache_dir: Optional[str | os.PathLike] = None, retrain: bool = False, progress: bool = False,
+                    overrides: Optional[dict[str, Any]] = None) -> tuple[GatedPixelCNN, dict[str, Any]]:
+    """The digits PixelCNN (8x8, 17 levels), an independent realism judge trained on ``load_digits("train")``, cached.
+
+    Example:
+        >>> import tempfile
+        >>> tiny = {"model": {"hidden": 4, "layers": 1, "head": 4}, "train": {"epochs": 1}, "max_seconds": 2}
+        >>> model, metrics = digits_pixelcnn(tempfile.mkdtemp(), overrides=tiny)
+        >>> metrics["test_bits_per_dim"] > 0
+        True
+    """
+    config = merged(DIGITS_PIXELCNN_CONFIG, overrides)
+
+    def train(model: nn.Module) -> dict[str, Any]:
+        return _train_pixelcnn(model, config, load_digits("train")[0], load_digits("test")[0], config["max_seconds"],
+                               progress)
+
+    return cached_model("digits-pixelcnn", config, build_pixelcnn, train, directory=cache_dir, retrain=retrain)

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from xcf.result import CounterfactualResult
 
-__all__ = ["method_grid", "comparison_grid", "mean_map_figure", "save_figure", "image_of"]
+__all__ = ["method_grid", "comparison_grid", "rows_grid", "mean_map_figure", "save_figure", "image_of"]
 
 
 def figure_grid(rows: int, cols: int, figsize: tuple[float, float]) -> tuple[Figure, Any]:
@@ -124,6 +124,51 @@ def comparison_grid(
             d = r.difference[i]
             _show(axes[i, 2 + 2 * j], image_of(d.mean(0) if d.ndim == 3 else d), "x' − x" if i == 0 else "",
                   cmap="RdBu_r", vmin=-scale, vmax=scale)
+    fig.tight_layout()
+    return fig
+
+
+def rows_grid(
+    results: Mapping[str, CounterfactualResult],
+    classifier: Optional[Callable[[Tensor], Tensor]] = None,
+    n: int = 8,
+    class_names: Optional[Sequence[str]] = None,
+    title: Optional[str] = None,
+) -> Figure:
+    """The paper's layout: one column per input; a row of originals, then per method a row of
+    counterfactuals and a row of difference maps ``x' − x`` (one symmetric colour scale per method).
+
+    Titles give the classifier's prediction and probability, green where the search succeeded and red
+    where it failed.
+    """
+    names = list(results)
+    if not names:
+        raise ValueError("rows_grid needs at least one result")
+    first = results[names[0]]
+    n = min([n] + [len(r) for r in results.values()])
+    for name in names[1:]:
+        if not torch.equal(results[name].inputs[:n], first.inputs[:n]):
+            raise ValueError(f"results {names[0]!r} and {name!r} explain different inputs")
+    rows = 1 + 2 * len(names)
+    fig, axes = figure_grid(rows, n, (n * 1.25, rows * 1.35))
+    probs_x = _predict(classifier, first.inputs[:n])
+    for i in range(n):
+        _show(axes[0, i], image_of(first.inputs[i]), _label(probs_x, i, class_names))
+    axes[0, 0].set_ylabel("original", fontsize=8)
+    for j, name in enumerate(names):
+        r = results[name]
+        probs_c = _predict(classifier, r.counterfactual[:n])
+        scale = float(r.difference[:n].abs().max()) or 1.0
+        for i in range(n):
+            _show(axes[1 + 2 * j, i], image_of(r.counterfactual[i]), _label(probs_c, i, class_names),
+                  color="green" if bool(r.success[i]) else "red")
+            d = r.difference[i]
+            _show(axes[2 + 2 * j, i], image_of(d.mean(0) if d.ndim == 3 else d), "", cmap="RdBu_r",
+                  vmin=-scale, vmax=scale)
+        axes[1 + 2 * j, 0].set_ylabel(name, fontsize=8, parse_math=False)
+        axes[2 + 2 * j, 0].set_ylabel("x' − x", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10, parse_math=False)
     fig.tight_layout()
     return fig
 

@@ -58,6 +58,8 @@ def audit_report(
     timing: Optional[Mapping[str, Any]] = None,
     non_finite: Optional[Mapping[str, Mapping[str, int]]] = None,
     clever_hans: Sequence[CleverHansSection] = (),
+    realism: Optional[Mapping[str, Mapping[str, float]]] = None,
+    figures: Sequence[tuple[str, Any, str]] = (),
 ) -> Report:
     """The audit report: data and models, generator quality, counterfactuals, metrics, maps, Clever-Hans.
 
@@ -73,6 +75,9 @@ def audit_report(
         timing: throughput of the run (see :class:`xcf.scale.summary.StoreSummary`).
         non_finite: ``{method: {metric: count}}`` of values left out of the means.
         clever_hans: the Clever-Hans checks to show.
+        realism: ``{method: {judge: value}}``: realism of each method's whole counterfactual set, by judges
+            that took no part in the search (e.g. a Fréchet distance to real images).
+        figures: extra ``(name, figure, caption)`` to show after the side-by-side grids.
 
     Returns:
         A :class:`~xcf.report.html.Report` (call ``write(out_dir)``).
@@ -82,9 +87,8 @@ def audit_report(
     report.table([{"item": k, "value": v} for k, v in info.items()], ["item", "value"])
     if quality:
         report.section("Generator quality")
-        report.text("Fréchet distance between real and generated samples in the audited classifier's "
-                    "penultimate-layer features (lower is closer to the data; the real-vs-real floor "
-                    "shows the sampling noise).")
+        report.text("Fréchet distance between real and generated samples in the feature space each row "
+                    "names (lower is closer to the data; the real-vs-real floor shows the sampling noise).")
         report.table([{"model": k, "Fréchet distance": v} for k, v in quality.items()])
     report.section("Counterfactuals side by side")
     report.text("Green titles: the search reached the target with the required confidence; red: it failed. "
@@ -94,12 +98,20 @@ def audit_report(
     for name, r in first.items():
         report.figure(f"grid {name}", method_grid(r, classifier, n=6, class_names=class_names, title=name),
                       f"{name}: input, reconstruction, counterfactual, difference")
+    for name, fig, caption in figures:
+        report.figure(name, fig, caption)
     report.section("Metrics")
     report.text(_METRICS_TEXT)
-    report.table([{"method": m, **row} for m, row in table.to_dict().items()])
+    report.table([{"method": m, **{k: v for k, v in row.items() if k != "nonfinite"}}
+                  for m, row in table.to_dict().items()])
     if non_finite:
         report.text("Values that were NaN or infinite and are left out of the means above: " + "; ".join(
             f"{m}: " + ", ".join(f"{k} {c}" for k, c in counts.items()) for m, counts in non_finite.items()))
+    if realism:
+        report.section("Realism of each method's counterfactuals")
+        report.text("Judged on the whole set of counterfactuals of each method by models that took no part "
+                    "in the search; pixels outside the data range are clamped before scoring.")
+        report.table([{"method": m, **row} for m, row in realism.items()])
     if timing:
         report.section("Throughput")
         report.text(f"This run: {timing['images']} images computed by {timing['processes']} process(es) in "

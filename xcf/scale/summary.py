@@ -109,7 +109,7 @@ def summarise_store(store: ShardStore, names: Optional[Sequence[str]] = None,
     if first is None:
         raise StoreError(f"{store.root} has no finished shards to summarise")
     table = MetricsTable({m: {k: sums[m][k] / counts[m][k] if counts[m][k] else float("nan") for k in sums[m]}
-                          for m in names}, {m: rows for m in names})
+                          for m in names}, {m: rows for m in names}, nonfinite={m: v for m, v in bad.items() if v})
     mean_maps = {m: {k: (map_sum[m][k] / map_n[m][k]).float() for k in sorted(map_sum[m])} for m in names}
     return StoreSummary(table, mean_maps, {m: result_from_shard(first, methods[m]) for m in names}, rows,
                         _read_timing(store, world_size), dict(store.config), {m: v for m, v in bad.items() if v})
