@@ -49,7 +49,7 @@ def main() -> None:
     x_test, y_test = load_mnist("test")
     # the first n test digits in a class-balanced order: digit i of class c sits at 10 * i + c
     order = torch.argsort(y_test, stable=True).view(10, -1).t().reshape(-1)
-    x, y = x_test[order[: args.n]], y_test[order[: args.n]]
+    x, y = x_test[order[: args.n]], y_test[order[: args.n]]  # the same order as xcf.datasets.balanced_order
     target = (y + 3) % 10
     svm = SVMValidator().fit(x_train, y_train)
     knn = KNNValidator(k=10).fit(x_train, y_train)

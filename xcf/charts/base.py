@@ -64,6 +64,10 @@ class Chart:
         """The coordinates of one search call on ``x`` (default: ``encode``, ``decode``, ``project``)."""
         return Coordinates(self.encode(x).detach(), self.decode, self.project)
 
+    def step_size(self, start: Tensor) -> float:
+        """The default step size of a search that starts at ``start`` (default: :attr:`lr`)."""
+        return self.lr
+
     def modules(self) -> list[Any]:
         """The user's modules the chart calls (checked for mode and restored afterwards)."""
         return []

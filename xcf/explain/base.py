@@ -177,7 +177,7 @@ class CounterfactualExplainer(Attribution):
                 start,
                 objective,
                 steps=chart.steps if steps is None else steps,
-                lr=chart.lr if lr is None else lr,
+                lr=chart.step_size(start) if lr is None else lr,
                 update=chart.update if update is None else update,
                 additional_forward_args=additional_forward_args,
                 project=coords.project,

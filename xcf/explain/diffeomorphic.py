@@ -32,6 +32,8 @@ class DiffeomorphicCounterfactual(CounterfactualExplainer):
         bounds: ``(low, high)`` of the data range: clamp ``g(z)`` onto it, so the classifier judges the
             projected image (``None``, the default: ``g(z)`` as is; see
             :meth:`~xcf.result.CounterfactualResult.out_of_range`).
+        lr: default L2 step size in the base space (``None``: ``2 sqrt(D / 784)``, chosen on MNIST).
+        confidence: default stopping confidence (``None``: 0.99; 0.999999 on MNIST, see docs/mnist.md).
 
     Example:
         >>> from xcf.models.flows import realnvp_flow
@@ -57,8 +59,10 @@ class DiffeomorphicCounterfactual(CounterfactualExplainer):
         max_recon_error: float = 1e-3,
         recon_tol: Optional[float] = None,
         bounds: Optional[tuple[float, float]] = None,
+        lr: Optional[float] = None,
+        confidence: Optional[float] = None,
     ):
         chart = FlowChart(flow, event_shape=event_shape, max_recon_error=max_recon_error, recon_tol=recon_tol,
-                          bounds=bounds)
+                          bounds=bounds, lr=lr, confidence=confidence)
         super().__init__(forward_func, chart, output=output)
         self.flow = flow
