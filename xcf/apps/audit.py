@@ -24,14 +24,14 @@ from torch.utils.data import Dataset, TensorDataset
 
 from xcf._io import atomic_write, fingerprint_modules
 from xcf._validation import as_target_tensor, check_inputs
-from xcf.apps.methods import build_explainers, check_methods, flow_nll
+from xcf.apps.methods import build_explainers, check_methods, pixelcnn_nll
 from xcf.datasets import ShiftedImages, load_digits
 from xcf.evaluate.cleverhans import AuditVerdict, audit_maps
 from xcf.evaluate.maps import compare_attributions
 from xcf.evaluate.metrics import MetricsTable
 from xcf.evaluate.quality import judge_sets
 from xcf.models.io import QUICK
-from xcf.models.zoo import digits_classifier, digits_flow, digits_gan, digits_vae, load_classifier
+from xcf.models.zoo import digits_classifier, digits_flow, digits_gan, digits_pixelcnn, digits_vae, load_classifier
 from xcf.report.html import check_writable
 from xcf.report.sections import CleverHansSection, audit_report
 from xcf.result import CounterfactualResult
@@ -373,6 +373,7 @@ def run_audit(
             gan, _ = digits_gan(cache_dir=cache_dir, progress=progress and dist.rank == 0, overrides=q.get("gan"))
         if "approximate (VAE)" in methods:
             vae, _ = digits_vae(cache_dir=cache_dir, progress=progress and dist.rank == 0, overrides=q.get("vae"))
+        judge, _ = digits_pixelcnn(cache_dir, progress=progress and dist.rank == 0, overrides=q.get("pixelcnn"))
         if dist.rank == 0:
             dist.barrier()
         models_s = time.perf_counter() - t0
@@ -384,10 +385,10 @@ def run_audit(
         explainers = build_explainers(fast, methods, flow=flow, gan=gan, vae=vae, seed=seed)
         config = {"data": data, "classifier": str(classifier_file) if classifier_file else "reference digits CNN",
                   "flow": flow_kind, "quick": quick, "precision": precision, "compile": compile,
-                  "realism_flow": fingerprint_modules(flow)}
+                  "realism_judge": fingerprint_modules(judge)}
         outcome = audit(
             fast, dataset, shift_target(target_shift, 10), explainers, out_dir, train=load_digits("train"),
-            nll_fn=flow_nll(flow, dataset[0][0].shape), batch_size=batch_size, steps=steps, seed=seed, num_workers=num_workers, config=config,
+            nll_fn=pixelcnn_nll(judge.to(dev)), batch_size=batch_size, steps=steps, seed=seed, num_workers=num_workers, config=config,
             overwrite=overwrite, device=dev, progress=progress, dist=dist, max_batches=max_batches,
             title=f"xcf audit — {data}, {len(dataset)} images")
         outcome.timing["models"] = models_s

@@ -13,7 +13,6 @@ check on a classifier trained with a watermark and on the clean one; and writes 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -23,7 +22,7 @@ from torch import Tensor
 
 from xcf._io import format_number
 from xcf.apps.audit import CleverHansCheck, audit
-from xcf.apps.methods import build_explainers, check_methods
+from xcf.apps.methods import build_explainers, check_methods, pixelcnn_nll
 from xcf.charts import PixelChart, invert
 from xcf.datasets import balanced_order, load_digits, load_mnist
 from xcf.datasets.watermark import region_mask
@@ -213,8 +212,6 @@ def run_demo(
         "bits/dim under the search's own flow (biased judge)":
             lambda v: float(bits_per_dim(flow, v, dequantize=False).mean()),
     }
-    dims = x[0].numel()
-    pixelcnn_nll = lambda v: pixelcnn.bits_per_dim(v) * (dims * math.log(2))  # noqa: E731  nats per sample
 
     checks = []
     if "shortcut" in models:
@@ -250,7 +247,7 @@ def run_demo(
         summary_models["watermarked classifier test accuracy"] = shortcut_metrics.get("test_accuracy")
     batch = max(n, 1) if data == "digits" else 250
     outcome = audit(classifier, x, target, explainers, out, train=(x_train, y_train), steps=steps,
-                    nll_fn=pixelcnn_nll, on_manifold_fn=on_manifold_fn, quality=quality,
+                    nll_fn=pixelcnn_nll(pixelcnn), on_manifold_fn=on_manifold_fn, quality=quality,
                     clever_hans=checks, set_metrics=set_metrics, realism_reference={"real test images": x_test},
                     figures=figures, summary=summary_models,
                     title=f"xcf audit — {data} demo", batch_size=batch, seed=seed, overwrite=True,

@@ -18,7 +18,7 @@ from xcf.explain import (
 )
 from xcf.models.flow_training import bits_per_dim
 
-__all__ = ["METHODS", "build_explainers", "check_methods", "flow_nll"]
+__all__ = ["METHODS", "build_explainers", "check_methods", "flow_nll", "pixelcnn_nll"]
 
 #: the methods of ``xcf demo`` and ``xcf audit``, in report order
 METHODS = ("diffeomorphic", "approximate (GAN)", "approximate (VAE)", "adversarial")
@@ -81,3 +81,9 @@ def flow_nll(flow: Any, sample_shape: Sequence[int]) -> Callable[[Tensor], Tenso
     """Per-sample negative log-likelihood in nats under ``flow`` (deterministic dequantisation): realism."""
     dims = math.prod(sample_shape)
     return lambda v: bits_per_dim(flow, v, dequantize=False) * dims * math.log(2)
+
+
+def pixelcnn_nll(model: Any) -> Callable[[Tensor], Tensor]:
+    """Per-sample negative log-likelihood in nats under a PixelCNN: realism judged by a model that took no
+    part in any search."""
+    return lambda v: model.bits_per_dim(v) * (v[0].numel() * math.log(2))

@@ -28,6 +28,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "flow": {"train": {"epochs": 2}},
     "gan": {"epochs": 2},
     "vae": {"epochs": 2},
+    "pixelcnn": {"model": {"hidden": 4, "layers": 1, "head": 4}, "train": {"epochs": 1}, "max_seconds": 5},
 }
 
 
