@@ -21,7 +21,7 @@ import time
 import torch
 
 from xcf import DiffeomorphicCounterfactual
-from xcf.datasets import load_mnist
+from xcf.datasets import balanced_order, load_mnist
 from xcf.evaluate.validators import KNNValidator, SVMValidator
 from xcf.models.zoo import mnist_classifier, mnist_flow
 
@@ -47,9 +47,8 @@ def main() -> None:
     flow, flow_metrics = mnist_flow(args.cache, progress=True)
     x_train, y_train = load_mnist("train")
     x_test, y_test = load_mnist("test")
-    # the first n test digits in a class-balanced order: digit i of class c sits at 10 * i + c
-    order = torch.argsort(y_test, stable=True).view(10, -1).t().reshape(-1)
-    x, y = x_test[order[: args.n]], y_test[order[: args.n]]  # the same order as xcf.datasets.balanced_order
+    order = balanced_order(y_test)  # the first n test digits in a class-balanced order
+    x, y = x_test[order[: args.n]], y_test[order[: args.n]]
     target = (y + 3) % 10
     svm = SVMValidator().fit(x_train, y_train)
     knn = KNNValidator(k=10).fit(x_train, y_train)

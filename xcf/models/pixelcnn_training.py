@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from xcf.models.pixelcnn import _MODEL_KEYS, GatedPixelCNN, _check_int, _check_shape
-from xcf.models.recipes import _check_budget, _check_images, _epochs
+from xcf.models.recipes import _check_budget, _check_images, _epochs, seeded
 from xcf.models.training import TrainContext, fit
 
 __all__ = ["pixelcnn_recipe", "build_pixelcnn", "fit_pixelcnn"]
@@ -91,9 +91,7 @@ def build_pixelcnn(config: dict[str, Any]) -> GatedPixelCNN:
     model = dict(config["model"])
     if "shape" in model:
         model["shape"] = _check_shape(model["shape"])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(config.get("seed", 0)))
-        return GatedPixelCNN(**model)
+    return seeded(int(config.get("seed", 0)), lambda: GatedPixelCNN(**model))
 
 
 def fit_pixelcnn(
