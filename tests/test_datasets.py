@@ -135,11 +135,11 @@ def test_shifted_images_grow_a_set_without_copies():
 
 
 def test_audit_data_sets():
-    from xcf.apps.audit import digits_dataset
+    from xcf.datasets.files import open_images
 
-    assert len(digits_dataset("digits-test")) == 450 and len(digits_dataset("digits-all", 10)) == 10
-    assert len(digits_dataset("digits-shifted")) == 9 * 450
+    assert len(open_images("digits-test")) == 450 and len(open_images("digits-all", n=10)) == 10
+    assert len(open_images("digits-shifted")) == 9 * 450 and len(open_images("digits-shifted", n=5000)) == 5000
     with pytest.raises(ValueError, match="500 images asked for, but digits-test has 450"):
-        digits_dataset("digits-test", 500)
-    with pytest.raises(ValueError, match="unknown data set"):
-        digits_dataset("cifar")
+        open_images("digits-test", n=500)
+    with pytest.raises(ValueError, match="neither a built-in set"):
+        open_images("cifar")

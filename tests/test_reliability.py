@@ -238,7 +238,7 @@ CLI = [
     (["audit", "--batch-size", "0"], "--batch-size: must be >= 1"),
     (["audit", "--workers", "-2"], "--workers: must be >= 0"),
     (["audit", "--max-batches", "0"], "--max-batches: must be >= 1"),
-    (["audit", "--data", "imagenet"], "invalid choice"),
+    (["audit", "--data", "imagenet"], "neither a built-in set"),
     (["audit", "--device", "tpu"], "invalid choice"),
     (["audit", "--precision", "fp8"], "invalid choice"),
     (["extrapolate", "--steps", "0"], "--steps: must be >= 1"),

@@ -7,13 +7,13 @@ data (a tensor or any map-style data set) through :func:`xcf.scale.stream.stream
 ``report.html`` (:func:`xcf.report.sections.audit_report`), ``summary.json`` and ``metrics.csv``.  An
 in-memory audit is the same streaming audit over an in-memory data set: there is no second pipeline.
 
-:func:`run_audit` is ``xcf audit`` on the digits reference models.
+:func:`xcf.apps.audit_job.run_audit` is ``xcf audit``: it resolves the user's data and model files, checks
+them, and calls :func:`audit`.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -22,29 +22,21 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
-from xcf._io import atomic_write, fingerprint_modules
+from xcf._io import atomic_write
 from xcf._validation import as_target_tensor, check_inputs
-from xcf.apps.methods import build_explainers, check_methods, pixelcnn_nll
-from xcf.datasets import ShiftedImages, load_digits
 from xcf.evaluate.cleverhans import AuditVerdict, audit_maps
 from xcf.evaluate.maps import compare_attributions
 from xcf.evaluate.metrics import MetricsTable
 from xcf.evaluate.quality import judge_sets
-from xcf.models.io import QUICK
-from xcf.models.zoo import digits_classifier, digits_flow, digits_gan, digits_pixelcnn, digits_vae, load_classifier
 from xcf.report.html import check_writable
 from xcf.report.sections import CleverHansSection, audit_report
 from xcf.result import CounterfactualResult
 from xcf.scale.distributed import DistContext, init_distributed
-from xcf.scale.precision import accelerate
 from xcf.scale.store import ShardStore
-from xcf.scale.stream import StreamOutcome, TargetRule, shift_target, stream_audit
+from xcf.scale.stream import StreamOutcome, TargetRule, stream_audit
 from xcf.scale.summary import StoreSummary, load_results, summarise_store
 
-__all__ = ["DATASETS", "AuditOutcome", "CleverHansCheck", "audit", "clever_hans_check", "digits_dataset", "run_audit"]
-
-#: data sets ``xcf audit --data`` knows
-DATASETS = ("digits-test", "digits-all", "digits-shifted")
+__all__ = ["AuditOutcome", "CleverHansCheck", "audit", "clever_hans_check"]
 
 
 @dataclass
@@ -213,7 +205,8 @@ def audit(
         stream = stream_audit(classifier, dataset, target, explainers, out, train=train, nll_fn=nll_fn,
                               on_manifold_fn=on_manifold_fn, batch_size=batch_size, steps=steps, seed=seed,
                               num_workers=num_workers, config=config, overwrite=overwrite, device=device,
-                              progress=progress, dist=dist, max_batches=max_batches, collect=keep)
+                              progress=progress, dist=dist, max_batches=max_batches,
+                              collect=keep or bool(set_metrics) or figures is not None)
         outcome = AuditOutcome(stream.store, stream)
         if dist.rank != 0:
             return outcome
@@ -277,121 +270,3 @@ def _report(outcome: AuditOutcome, reduced: StoreSummary, out: Path, classifier:
     atomic_write(out / "summary.json", lambda fh: fh.write(text.encode()))
     csv = reduced.table.to_csv()
     atomic_write(out / "metrics.csv", lambda fh: fh.write(csv.encode()))
-
-
-def digits_dataset(name: str, n: Optional[int] = None) -> torch.utils.data.Dataset:
-    """``digits-test`` (450), ``digits-all`` (1,797) or ``digits-shifted`` (test digits under nine one-pixel
-    shifts, any size), optionally cut to the first ``n`` items."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; choose from {list(DATASETS)}")
-    x, y = load_digits("all" if name == "digits-all" else "test")
-    if name == "digits-shifted":
-        return ShiftedImages(x, y, n)
-    if n is not None:
-        if n > x.shape[0]:
-            raise ValueError(f"{n} images asked for, but {name} has {x.shape[0]}; use digits-shifted for more")
-        x, y = x[:n], y[:n]
-    return torch.utils.data.TensorDataset(x, y)
-
-
-def _device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda but CUDA is not available")
-        return torch.device(f"cuda:{local_rank}")
-    if name != "cpu":
-        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
-    return torch.device("cpu")
-
-
-def run_audit(
-    out_dir: str | Path = "xcf-audit",
-    *,
-    data: str = "digits-test",
-    n: Optional[int] = None,
-    batch_size: int = 100,
-    steps: int = 1000,
-    seed: int = 0,
-    target_shift: int = 3,
-    methods: Optional[Sequence[str]] = None,
-    classifier_file: Optional[str | Path] = None,
-    flow_kind: str = "realnvp",
-    cache_dir: Optional[str | Path] = None,
-    quick: bool = False,
-    num_workers: int = 0,
-    overwrite: bool = False,
-    precision: str = "fp32",
-    compile: bool = False,
-    device: str = "auto",
-    max_batches: Optional[int] = None,
-    progress: bool = True,
-) -> AuditOutcome:
-    """Audit a digits classifier over a whole data set, resumably (the engine of ``xcf audit``).
-
-    Args:
-        out_dir: output folder (``store/`` with the shards, ``report.html``, ``summary.json``, ``metrics.csv``).
-        data: one of :data:`DATASETS`.
-        n: number of items (default: the whole data set; ``digits-shifted`` defaults to 9 x 450).
-        batch_size: inputs per batch and shard.
-        steps: step budget per counterfactual.
-        seed: the run's seed (models' inversion starts, per-batch seeds).
-        target_shift: targets are ``(y + target_shift) mod 10``.
-        methods: subset of :data:`xcf.apps.demo.METHODS` (default: all).
-        classifier_file: audit this :class:`~xcf.models.classifier.DigitsCNN` file instead of the reference.
-        flow_kind: ``"realnvp"`` or ``"glow"``.
-        cache_dir: the model cache.
-        quick: tiny training budgets (a smoke test; numbers meaningless).
-        num_workers: DataLoader workers.
-        overwrite: discard a previous store in ``out_dir`` instead of resuming it.
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the classifier (see :func:`xcf.scale.precision.accelerate`).
-        compile: ``torch.compile`` the classifier.
-        device: ``"auto"`` (CUDA GPU ``LOCAL_RANK`` when available), ``"cpu"`` or ``"cuda"``.
-        max_batches: compute at most this many new batches per process, then stop (resume later).
-        progress: a progress bar on rank 0.
-    """
-    methods = check_methods(methods)
-    dataset = digits_dataset(data, n)
-    own = load_classifier(classifier_file) if classifier_file is not None else None  # fail before training
-    t0 = time.perf_counter()
-    dist = init_distributed()
-    try:
-        dev = _device(device, dist.local_rank)
-        q = QUICK if quick else {}
-        # Rank 0 trains whatever the cache lacks; the others wait, then load the same files.
-        if dist.rank != 0:
-            dist.barrier()
-        classifier, _ = digits_classifier(cache_dir=cache_dir, progress=progress and dist.rank == 0,
-                                          overrides=q.get("classifier"))
-        if own is not None:
-            classifier = own
-        flow, _ = digits_flow(kind=flow_kind, cache_dir=cache_dir, progress=progress and dist.rank == 0,
-                              overrides=q.get("flow"))
-        gan = vae = None
-        if "approximate (GAN)" in methods:
-            gan, _ = digits_gan(cache_dir=cache_dir, progress=progress and dist.rank == 0, overrides=q.get("gan"))
-        if "approximate (VAE)" in methods:
-            vae, _ = digits_vae(cache_dir=cache_dir, progress=progress and dist.rank == 0, overrides=q.get("vae"))
-        judge, _ = digits_pixelcnn(cache_dir, progress=progress and dist.rank == 0, overrides=q.get("pixelcnn"))
-        if dist.rank == 0:
-            dist.barrier()
-        models_s = time.perf_counter() - t0
-
-        classifier, flow = classifier.to(dev).eval(), flow.to(dev).eval()
-        fast = accelerate(classifier, precision, compile)
-        gan = gan.to(dev).eval() if gan is not None else None
-        vae = vae.to(dev).eval() if vae is not None else None
-        explainers = build_explainers(fast, methods, flow=flow, gan=gan, vae=vae, seed=seed)
-        config = {"data": data, "classifier": str(classifier_file) if classifier_file else "reference digits CNN",
-                  "flow": flow_kind, "quick": quick, "precision": precision, "compile": compile,
-                  "realism_judge": fingerprint_modules(judge)}
-        outcome = audit(
-            fast, dataset, shift_target(target_shift, 10), explainers, out_dir, train=load_digits("train"),
-            nll_fn=pixelcnn_nll(judge.to(dev)), batch_size=batch_size, steps=steps, seed=seed, num_workers=num_workers, config=config,
-            overwrite=overwrite, device=dev, progress=progress, dist=dist, max_batches=max_batches,
-            title=f"xcf audit — {data}, {len(dataset)} images")
-        outcome.timing["models"] = models_s
-        return outcome
-    finally:
-        dist.close()

@@ -3,9 +3,11 @@
 - ``xcf demo``: the main job on the embedded digits default, or on real MNIST with ``--data mnist``
   (train or load the reference models, explain test images with every method, validate, write the
   report).
-- ``xcf audit``: a dataset-scale audit (your digits classifier with ``--classifier FILE``), streamed
-  batch by batch into an on-disk store, resumable after a kill, and sharded over processes under
-  ``torchrun --nproc_per_node N -m xcf audit ...``.
+- ``xcf audit``: a dataset-scale audit of your classifier on your images (``--data DIR|FILE.npz
+  --classifier FILE [--flow FILE] [--generator FILE]``), streamed batch by batch into an on-disk store,
+  resumable after a kill, and sharded over processes under ``torchrun --nproc_per_node N -m xcf audit ...``.
+- ``xcf train flow|gan|vae|classifier|pixelcnn``: the recommended model for your images, fitted and saved
+  as an xcf model file.
 - ``xcf extrapolate``: knowledge extrapolation of the digits GAN, truncated vs plain updates.
 """
 
@@ -55,16 +57,16 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from xcf.apps.audit import run_audit
+    from xcf.apps.audit_job import run_audit
 
     _threads(args)
-    methods = args.methods
     outcome = run_audit(
         args.out, data=args.data, n=args.images, batch_size=args.batch_size, steps=args.steps, seed=args.seed,
-        target_shift=args.target_shift, methods=methods, classifier_file=args.classifier, flow_kind=args.flow,
-        cache_dir=args.cache, quick=args.quick, num_workers=args.workers, overwrite=args.overwrite,
-        precision=args.precision, compile=args.compile, device=args.device, max_batches=args.max_batches,
-        progress=not args.no_progress,
+        target=args.target, target_shift=args.target_shift, methods=args.methods, classifier_file=args.classifier,
+        flow=args.flow, generator=args.generator, judge=args.judge, train_data=args.train_data,
+        channels=args.channels, cache_dir=args.cache, quick=args.quick, num_workers=args.workers,
+        overwrite=args.overwrite, precision=args.precision, compile=args.compile, device=args.device,
+        max_batches=args.max_batches, progress=not args.no_progress,
     )
     if outcome.report is not None:
         s = outcome.summary
@@ -77,6 +79,22 @@ def _audit(args: argparse.Namespace) -> int:
     elif outcome.summary.get("complete") is False:
         print(f"stopped with {outcome.summary['finished_batches']} of {outcome.summary['num_batches']} batches "
               f"finished in {outcome.store.root}; run the same command again to resume")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from xcf.apps.train import run_train
+
+    _threads(args)
+    s = run_train(args.kind, args.data, args.out, test_data=args.test_data, max_minutes=args.max_minutes,
+                  epochs=args.epochs, device=args.device, seed=args.seed, channels=args.channels,
+                  progress=not args.no_progress)
+    numbers = {k: v for k, v in s.items() if k.startswith(("test_", "train_", "frechet", "capped", "epochs"))}
+    print(f"trained a {s['kind']} on {s['images']} images of shape {tuple(s['shape'])} from {s['trained_on']} "
+          f"({s['test_images']} held out) in {s['wall_seconds']:.1f} s")
+    for k, v in numbers.items():
+        print(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
+    print(f"wrote {s['out']}")
     return 0
 
 
@@ -105,6 +123,16 @@ def _int_at_least(low: int):
     return parse
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def _folder(text: str) -> str:
     if os.path.exists(text) and not os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"{text} exists and is not a folder")
@@ -125,15 +153,51 @@ def _common(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--threads", type=_int_at_least(0), default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     p.add_argument("--quick", action="store_true", help="tiny training budgets: a smoke test, not real numbers")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
+def _model_args(p: argparse.ArgumentParser, audit: bool = False) -> None:
     p.add_argument("--steps", type=_int_at_least(0), default=1000, help="step budget per counterfactual (default: 1000)")
-    p.add_argument("--flow", choices=("realnvp", "glow"), default="realnvp",
-                   help="the digits flow (default: realnvp); MNIST always uses its Glow")
-    p.add_argument("--classifier", default=None, help="a DigitsCNN file written by xcf.models.io.save_model")
-    p.add_argument("--methods", type=_methods, default=None, help="comma-separated subset of: " + ", ".join(METHODS))
+    p.add_argument("--methods", type=_methods, default=None,
+                   help="comma-separated subset of: " + ", ".join(METHODS)
+                   + (" (default: those the models given allow; all four on the digits)" if audit else " (default: all)"))
+    if not audit:
+        p.add_argument("--flow", choices=("realnvp", "glow"), default="realnvp",
+                       help="the digits flow (default: realnvp); MNIST always uses its Glow")
+        p.add_argument("--classifier", default=None, help="your classifier: " + _MODEL_FILE)
+        return
+    p.add_argument("--classifier", default=None, metavar="FILE",
+                   help="the audited classifier: " + _MODEL_FILE + "; required unless --data is a digits built-in")
+    p.add_argument("--flow", default=None, metavar="FILE",
+                   help="the flow of the diffeomorphic method: an xcf model file (xcf train flow) or a factory "
+                        "module:function; on the digits, realnvp (default) or glow name the reference flows")
+    p.add_argument("--generator", default=None, metavar="FILE",
+                   help="the GAN generator or VAE of the approximate method: an xcf model file (xcf train gan|vae) "
+                        "or a factory module:function")
+    p.add_argument("--judge", default=None, metavar="FILE",
+                   help="a PixelCNN or flow (xcf train pixelcnn|flow) that judges realism in bits/dim and took no "
+                        "part in the search (default on the digits: the reference PixelCNN; else none)")
+    p.add_argument("--train-data", default=None, metavar="DATA",
+                   help="the classifier's labelled training images (same formats as --data): the SVM and k-NN "
+                        "validators and the Fréchet distance are fitted on them (default for built-ins: their "
+                        "training split; without it validation is skipped)")
+    p.add_argument("--target", default=None, metavar="RULE",
+                   help="+K: (y + K) mod C; K: class K for every image; runner-up: the classifier's second most "
+                        "likely class; or a .npy/.txt/.csv file with one class per image (default: +3 with labels, "
+                        "runner-up without)")
+    p.add_argument("--target-shift", type=int, default=None, help=argparse.SUPPRESS)  # the older spelling of --target +K
+
+
+_MODEL_FILE = ("an xcf model file (xcf train), a TorchScript (torch.jit.save) or torch.export archive, or a "
+               "factory package.module:function (or file.py:function) that returns the model")
+_DATA = ("a built-in set (" + ", ".join(("digits-test", "digits-all", "digits-shifted", "mnist-test", "...")) + "), a "
+         "folder with one sub-folder of PNG/JPEG images per class, or an .npz with x (N, C, H, W) or (N, H, W), uint8 "
+         "or float in [0, 1], optional y and classes")
+
+
+def _channels(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="read the images as greyscale (1) or RGB (3) (default: as the files are)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -156,24 +220,47 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("audit", help="dataset-scale audit: streamed, resumable, runs under torchrun")
+    p = sub.add_parser("audit", help="audit a classifier on a data set: streamed, resumable, runs under torchrun")
     _common(p, "xcf-audit")
-    p.add_argument("--data", choices=("digits-test", "digits-all", "digits-shifted"), default="digits-test",
-                   help="digits-shifted: test digits under nine one-pixel shifts, as many as --images asks")
+    p.add_argument("--data", default="digits-test", metavar="DATA",
+                   help="the images to explain: " + _DATA + " (default: digits-test)")
     # not --n: torchrun's own parser takes "--n" for an abbreviation of its options even after the script
-    p.add_argument("--images", type=_int_at_least(1), default=None, help="images to audit (default: the whole data set)")
+    p.add_argument("--images", type=_int_at_least(1), default=None, help="audit the first N images (default: all)")
+    _channels(p)
     p.add_argument("--batch-size", type=_int_at_least(1), default=100, help="images per batch and per shard (default: 100)")
-    p.add_argument("--target-shift", type=int, default=3, help="targets are (y + shift) mod 10 (default: 3)")
     p.add_argument("--workers", type=_int_at_least(0), default=0, help="DataLoader worker processes (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="discard a previous store in --out instead of resuming")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="autocast precision of the classifier (flows and generators stay fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the classifier")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to compute (default: auto, a CUDA GPU when there is one)")
     p.add_argument("--max-batches", type=_int_at_least(1), default=None,
                    help="compute at most this many new batches per process, then stop (resume later)")
-    _model_args(p)
+    _model_args(p, audit=True)
     p.set_defaults(func=_audit)
+
+    p = sub.add_parser("train", help="fit the recommended flow, GAN, VAE, classifier or PixelCNN on your images")
+    p.add_argument("kind", choices=("flow", "gan", "vae", "classifier", "pixelcnn"),
+                   help="flow: Glow for diffeomorphic counterfactuals; gan, vae: generators for approximate ones; "
+                        "classifier: a CNN; pixelcnn: an independent realism judge")
+    p.add_argument("--data", required=True, metavar="DATA", help="the training images: " + _DATA)
+    p.add_argument("--out", required=True, metavar="FILE", help="the model file to write (written once training ends)")
+    p.add_argument("--test-data", default=None, metavar="DATA",
+                   help="held-out images for the test numbers (default: a seeded 10%% of --data)")
+    p.add_argument("--max-minutes", type=_positive_float, default=None,
+                   help="wall-clock budget of the training; the learning rate still anneals (default: none)")
+    p.add_argument("--epochs", type=_int_at_least(1), default=None,
+                   help="passes over the data (default: the recipe's, scaled to the data size)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to train (default: auto, a CUDA GPU when there is one)")
+    _channels(p)
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the hold-out, initialisation and training")
+    p.add_argument("--threads", type=_int_at_least(0), default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
     p = sub.add_parser("extrapolate", help="knowledge extrapolation of the digits GAN (truncated vs plain)")
     _common(p, "xcf-extrapolate")
     p.add_argument("--knowledge", type=_int_at_least(0), default=1, help="the digit class whose knowledge is extrapolated")

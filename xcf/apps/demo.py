@@ -32,6 +32,7 @@ from xcf.explain import CounterfactualExplainer, DiffeomorphicCounterfactual
 from xcf.models.classifier import accuracy
 from xcf.models.flow_training import bits_per_dim, check_flow_fit
 from xcf.models.io import QUICK
+from xcf.models.loading import load_model, probe_classifier
 from xcf.models.zoo import (
     WATERMARK,
     digits_classifier,
@@ -39,7 +40,6 @@ from xcf.models.zoo import (
     digits_gan,
     digits_pixelcnn,
     digits_vae,
-    load_classifier,
     mnist_classifier,
     mnist_flow,
     mnist_gan,
@@ -140,8 +140,8 @@ def run_demo(
         flow_kind: ``"realnvp"`` or ``"glow"`` (digits only; MNIST uses :func:`xcf.models.mnist_flow`).
         progress: progress bars.
         quick: tiny training budgets (:data:`QUICK`, :data:`MNIST_QUICK`): a smoke test, numbers meaningless.
-        classifier_file: audit this classifier (a :class:`DigitsCNN` written by
-            :func:`xcf.models.io.save_model`) instead of the reference one.
+        classifier_file: audit this classifier instead of the reference one: an xcf model file, a TorchScript
+            or torch.export archive, or a factory ``module:function`` (:func:`xcf.models.loading.load_model`).
         methods: a subset of ``"diffeomorphic"``, ``"approximate (GAN)"``, ``"approximate (VAE)"``,
             ``"adversarial"`` (default: all).
         data: ``"digits"`` (scikit-learn's 8x8 digits) or ``"mnist"`` (5,000 real 28x28 digits).
@@ -154,13 +154,15 @@ def run_demo(
     methods = check_methods(methods)
     t_start = time.perf_counter()
     out = check_writable(out_dir)
-    own = load_classifier(classifier_file) if classifier_file is not None else None  # fail before training
+    own = load_model(classifier_file, "classifier").module if classifier_file is not None else None
     load = load_digits if data == "digits" else load_mnist
     x_train, y_train = load("train")
     x_test, y_test = load("test")
-    if own is not None and tuple(x_test.shape[1:]) != (own.in_channels, own.image_size, own.image_size):
-        raise ValueError(f"{classifier_file} takes images of shape {(own.in_channels, own.image_size, own.image_size)}"
-                         f", the {data} demo has {tuple(x_test.shape[1:])}")
+    if own is not None:  # fail before training anything
+        own = own.to(x_test.device)
+        classes = probe_classifier(own, x_test[:2], f"--classifier {classifier_file} (the {data} demo)")
+        if classes != 10:
+            raise ValueError(f"--classifier {classifier_file} has {classes} classes; the {data} demo has 10")
     n = (100 if data == "digits" else 200) if n is None else n
     if not 1 <= n <= x_test.shape[0]:
         raise ValueError(f"n must be in [1, {x_test.shape[0]}] for the {data} test split, got {n}")

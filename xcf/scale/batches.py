@@ -13,7 +13,7 @@ from torch.utils.data import (
 
 from xcf._io import fingerprint_tensors
 
-__all__ = ["TargetRule", "shift_target"]
+__all__ = ["RunnerUp", "TargetRule", "shift_target"]
 
 
 #: a class for every input, a per-item tensor of classes, or a rule ``target(x, y) -> (B,)`` classes
@@ -74,6 +74,31 @@ def shift_target(shift: int, num_classes: int) -> Callable[[Tensor, Optional[Ten
 
     rule.xcf_config = f"(y + {shift}) mod {num_classes}"  # type: ignore[attr-defined]
     return rule
+
+
+class RunnerUp:
+    """The target rule "the classifier's second most likely class" (needs no labels).
+
+    Example:
+        >>> clf = torch.nn.Linear(3, 3, bias=False)
+        >>> _ = torch.nn.init.eye_(clf.weight)
+        >>> RunnerUp(clf)(torch.tensor([[3.0, 1.0, 2.0]]), None)
+        tensor([2])
+    """
+
+    xcf_config = "runner-up class of the classifier"
+
+    def __init__(self, classifier: Callable[[Tensor], Tensor]):
+        self.classifier = classifier
+
+    def __call__(self, x: Tensor, y: Optional[Tensor]) -> Tensor:
+        params = list(self.classifier.parameters()) if isinstance(self.classifier, torch.nn.Module) else []
+        device = params[0].device if params else x.device
+        with torch.no_grad():
+            logits = self.classifier(x.to(device))
+        if logits.ndim != 2 or logits.shape[1] < 2:
+            raise ValueError(f"the runner-up target needs logits of shape (N, C) with C >= 2, got {tuple(logits.shape)}")
+        return logits.topk(2, dim=1).indices[:, 1].cpu()
 
 
 def _targets(rule: TargetRule, x: Tensor, y: Optional[Tensor], index: Tensor, b: int) -> Tensor:

@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 import torch.distributed as tdist
 
-__all__ = ["DistContext", "init_distributed"]
+__all__ = ["DistContext", "init_distributed", "pick_device"]
 
 
 # ------------------------------------------------------------------------------------------ ranks
@@ -56,3 +56,16 @@ def init_distributed(backend: Optional[str] = None) -> DistContext:
         torch.cuda.set_device(local_rank)
     tdist.init_process_group(backend=backend)
     return DistContext(tdist.get_rank(), tdist.get_world_size(), local_rank, owns_group=True)
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """``"auto"`` (CUDA GPU ``local_rank`` when available, else the CPU), ``"cpu"`` or ``"cuda"`` as a device."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda but CUDA is not available")
+        return torch.device(f"cuda:{local_rank}")
+    if name != "cpu":
+        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
+    return torch.device("cpu")
