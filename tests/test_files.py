@@ -61,7 +61,7 @@ def test_npz_variants(tmp_path):
     np.savez(tmp_path / "f.npz", x=f, y=y, classes=np.array(["a", "b", "c"]))
     d = open_images(tmp_path / "f.npz", n=4)
     assert d.shape == (3, 4, 4) and d.classes == ["a", "b", "c"] and len(d) == 4 and d.levels is None
-    assert d.tensors()[1].tolist() == y[:4].tolist()
+    assert d.tensors()[1].tolist() == y[[0, 3, 6, 9]].tolist()  # spread over the set
     g = open_images(tmp_path / "f.npz", channels=1)
     torch.testing.assert_close(g.tensors()[0][:, 0], torch.from_numpy(f[:, 0] * .299 + f[:, 1] * .587 + f[:, 2] * .114))
     assert open_images(tmp_path / "hw.npz", channels=3).shape == (3, 8, 8)
@@ -164,3 +164,11 @@ def test_builtins_and_bad_arguments():
         open_images("digits-test", channels=2)
     with pytest.raises(ValueError, match="neither a built-in set"):
         open_images("no/such/place")
+
+
+def test_a_folder_prefix_is_spread_over_every_class(tmp_path):
+    x, y = grey(n=30)
+    data = open_images(write_folder(tmp_path / "f", x, np.sort(y)), n=6)  # files listed class by class
+    assert len(data) == 6 and sorted(set(data.labels().tolist())) == [0, 1, 2]
+    assert data.labels().tolist() == data.tensors()[1].tolist()
+    assert open_images(tmp_path / "f").labels().tolist() == np.sort(y).tolist()

@@ -96,7 +96,7 @@ def test_train_records_its_numbers_in_the_file(files, trained, capsys):
 def test_audit_of_own_files_with_a_torchscript_classifier(files, trained, tmp_path, capsys):
     out = tmp_path / "audit"
     rc = main(["audit", "--data", str(files["test"]), "--classifier", str(trained["ts"]), "--flow", str(trained["flow"]),
-               "--generator", str(trained["vae"]), "--train-data", str(files["pngs"]), "--target", "+1", "--steps", "15",
+               "--generator", str(trained["vae"]), "--train-data", str(files["pngs"]), "--target", "+1", "--steps", "15", "--confidence", "0.9",
                "--batch-size", "20", "--images", "40", "--out", str(out), "--no-progress", "--threads", "1"])
     assert rc == 0, capsys.readouterr().err
     s = json.loads((out / "summary.json").read_text())
@@ -109,6 +109,7 @@ def test_audit_of_own_files_with_a_torchscript_classifier(files, trained, tmp_pa
     assert s["config"]["target"] == "(y + 1) mod 10" and s["wall_seconds"] > s["models_seconds"] > 0
     assert "TorchScript" in s["classifier"] and f"trained on {files['pngs']}" in s["flow"]
     assert s["validators fitted on"] == str(files["pngs"])
+    assert all("confidence=0.9" in d for d in s["config"]["explainers"].values())
     html = (out / "report.html").read_text()
     assert "digit 3" in html and "test_bits_per_dim" in html and str(trained["flow"]) in html
 
@@ -195,6 +196,8 @@ def bad_inputs(files, trained, tmp):
         (audit + ["--data", t, "--classifier", clf, "--methods", "diffeomorphic"], "needs --flow"),
         (audit + ["--data", t], "--classifier is required"),
         (audit + ["--data", t, "--classifier", clf, "--train-data", str(tmp / "big.npz")], "must hold labelled images"),
+        (["demo", "--classifier", f + ":wide", "--cache", str(tmp / "cache"), "--out", str(tmp / "out")],
+         "(the digits demo) does not take the data's images of shape (2, 1, 8, 8)"),
         (["train", "classifier", "--data", str(files["unlabelled"]), "--out", str(tmp / "m.pt")], "needs labels"),
         (["train", "gan", "--data", str(tmp / "rect.npz"), "--out", str(tmp / "m.pt")], "takes square images"),
         (["train", "flow", "--data", t, "--out", str(tmp)], "is a folder; give the model file"),
@@ -210,4 +213,4 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(files, trained, tmp_pa
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (argv, err)
         assert "Traceback" not in err[0] and "weights_only" not in err[0]
-        assert not out.exists() and not (tmp_path / "m.pt").exists(), argv
+        assert not out.exists() and not (tmp_path / "m.pt").exists() and not (tmp_path / "cache").exists(), argv

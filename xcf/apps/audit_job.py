@@ -13,6 +13,7 @@ On the digits built-ins, models not given are the cached reference models (train
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -153,6 +154,7 @@ def run_audit(
     n: Optional[int] = None,
     batch_size: int = 100,
     steps: int = 1000,
+    confidence: Optional[float] = None,
     seed: int = 0,
     target: Optional[str] = None,
     target_shift: Optional[int] = None,
@@ -179,9 +181,12 @@ def run_audit(
     Args:
         out_dir: output folder (``store/`` with the shards, ``report.html``, ``summary.json``, ``metrics.csv``).
         data: a built-in name (:data:`DATASETS`), an ImageFolder or an ``.npz`` file.
-        n: audit the first ``n`` images (default: all; ``digits-shifted`` defaults to 9 x 450).
+        n: audit ``n`` images spread evenly over the data (default: all; ``digits-shifted`` is grown to ``n``,
+            9 x 450 by default).
         batch_size: inputs per batch and shard.
         steps: step budget per counterfactual.
+        confidence: stop each search once the target's probability reaches it, for every method (default:
+            each method's own, 0.99).
         seed: the run's seed (inversion starts, per-batch seeds).
         target: ``+K``, a class, ``runner-up`` or a per-image file (see :func:`parse_target`).
         target_shift: the older spelling of ``target="+K"``.
@@ -248,7 +253,7 @@ def run_audit(
                                                                     overrides=q.get("classifier"))[0]
         n_classes = probe_classifier(clf, x2, "the classifier")
         rule = parse_target(target, images, n_classes, clf)
-        labels = _labels(images)
+        labels = images.labels()
         if labels is not None and int(labels.max()) >= n_classes:
             raise ValueError(f"{images.source} has labels up to {int(labels.max())}, but the classifier has {n_classes} "
                              "classes")
@@ -273,9 +278,10 @@ def run_audit(
 
         clf = clf.to(dev) if own is None or own.source != "factory" else clf
         fast = accelerate(clf, precision, compile)
-        explainers = build_explainers(fast, methods, flow=flow_model, gan=gan, vae=vae, seed=seed)
+        explainers = build_explainers(fast, methods, flow=flow_model, gan=gan, vae=vae, seed=seed,
+                                      confidence=confidence)
         xy_train = train.tensors() if train is not None else None
-        set_metrics, reference = _realism(xy_train, images)
+        set_metrics, reference = _realism(xy_train, images, nll_fn, judge_name, dev)
         described = {role: (m.describe() if m is not None else None) for role, m in
                      (("classifier", own), ("flow", own_flow), ("generator", gen), ("judge", own_judge))}
         config = {"data": images.source, "data_fingerprint": images.fingerprint, "quick": quick,
@@ -283,13 +289,13 @@ def run_audit(
                   "compile": compile, "classifier": described["classifier"] or "reference digits CNN",
                   "flow": described["flow"] or (flow or "realnvp" if "diffeomorphic" in methods else None),
                   "realism_judge": judge_name}
-        info = _info(images, train, [own, own_flow, gen, own_judge], judge_name)
+        info = _info(images, train, [own, own_flow, gen, own_judge], judge_name, confidence)
         outcome = audit(
             fast, images.dataset, rule, explainers, out_dir, train=xy_train, nll_fn=nll_fn, batch_size=batch_size,
             steps=steps, seed=seed, num_workers=num_workers, config=config, overwrite=overwrite, device=dev,
             progress=progress, dist=dist, max_batches=max_batches, set_metrics=set_metrics,
             realism_reference=reference, summary=info, class_names=_class_names(images, own, n_classes),
-            title=f"xcf audit — {Path(images.source).name}, {len(images)} images")
+            title=f"xcf audit — {images.source}, {len(images)} images")
         outcome.timing["models"] = models_s
         if outcome.report is not None:  # the whole command's time, models included
             outcome.summary.update(models_seconds=models_s, wall_seconds=time.perf_counter() - t0)
@@ -319,24 +325,24 @@ def _methods(methods: Optional[Sequence[str]], digits: bool, has_flow: bool, gen
     return chosen
 
 
-def _labels(images: ImageData) -> Optional[Tensor]:
-    ds = images.dataset
-    if hasattr(ds, "tensors") and len(ds.tensors) > 1:
-        return ds.tensors[1]
-    if hasattr(ds, "samples"):
-        return torch.as_tensor([label for _, label in ds.samples])
-    return None
+def _realism(train: Optional[tuple[Tensor, Optional[Tensor]]], images: ImageData, nll_fn: Any,
+             judge_name: Optional[str], device: torch.device) -> tuple[dict, dict]:
+    """Set-level judges with the real audited images beside them (the floor): the realism judge's bits/dim
+    and a Fréchet distance to the training images in their PCA space (no trained model takes part)."""
+    metrics: dict[str, Any] = {}
+    if nll_fn is not None:
+        per_dim = math.prod(images.shape) * math.log(2)
+        def judged(v: Tensor) -> float:
+            with torch.no_grad():
+                return float(torch.cat([nll_fn(part.to(device)).cpu() for part in v.split(250)]).mean()) / per_dim
 
-
-def _realism(train: Optional[tuple[Tensor, Optional[Tensor]]], images: ImageData) -> tuple[dict, dict]:
-    """A Fréchet distance to the training images in their PCA space: a judge no trained model is part of."""
-    if train is None or train[0].shape[0] < 3:
-        return {}, {}
-    x_train = train[0]
-    pca = pca_features(x_train, dims=min(50, x_train.shape[0] - 1, x_train[0].numel()))
-    metric = {"Fréchet distance to training images (PCA-50)": lambda v: frechet_distance(x_train, v, features=pca)}
-    ref = images.first(1000)  # the real inputs: the floor the methods are read against
-    return metric, ({"real audited images (floor)": ref} if ref.shape[0] >= 2 else {})
+        metrics[f"bits/dim under {judge_name}"] = judged
+    if train is not None and train[0].shape[0] >= 3:
+        x_train = train[0]
+        pca = pca_features(x_train, dims=min(50, x_train.shape[0] - 1, x_train[0].numel()))
+        metrics["Fréchet distance to training images (PCA-50)"] = lambda v: frechet_distance(x_train, v, features=pca)
+    ref = images.first(1000)
+    return metrics, ({"real audited images (floor)": ref} if metrics and ref.shape[0] >= 2 else {})
 
 
 def _class_names(images: ImageData, own: Optional[LoadedModel], n_classes: int) -> list[str]:
@@ -345,9 +351,10 @@ def _class_names(images: ImageData, own: Optional[LoadedModel], n_classes: int) 
 
 
 def _info(images: ImageData, train: Optional[ImageData], models: Sequence[Optional[LoadedModel]],
-          judge_name: Optional[str]) -> dict[str, Any]:
-    info: dict[str, Any] = {"data": images.source, "images": len(images), "labelled": images.labelled,
+          judge_name: Optional[str], confidence: Optional[float]) -> dict[str, Any]:
+    info: dict[str, Any] = {"data": images.source, "labelled": images.labelled,
                             "classes": ", ".join(images.classes or []) or "unknown",
+                            "stopping confidence": confidence if confidence is not None else "each method's own (0.99)",
                             "validators fitted on": train.source if train is not None else
                             "none (no --train-data: SVM and k-NN validation skipped)",
                             "realism judge": judge_name or "none (no --judge)"}
@@ -360,5 +367,5 @@ def _info(images: ImageData, train: Optional[ImageData], models: Sequence[Option
             text += f", trained on {m.metrics['trained_on']}"
         if numbers:
             text += ", " + ", ".join(f"{k} {v:.4g}" for k, v in numbers.items())
-        info[m.role] = text
+        info["realism judge" if m.role == "judge" else m.role] = text
     return info

@@ -153,16 +153,16 @@ def run_demo(
         raise ValueError(f"data must be one of {list(DEMO_DATA)}, got {data!r}")
     methods = check_methods(methods)
     t_start = time.perf_counter()
-    out = check_writable(out_dir)
     own = load_model(classifier_file, "classifier").module if classifier_file is not None else None
     load = load_digits if data == "digits" else load_mnist
     x_train, y_train = load("train")
     x_test, y_test = load("test")
-    if own is not None:  # fail before training anything
+    if own is not None:  # fail before training or writing anything
         own = own.to(x_test.device)
         classes = probe_classifier(own, x_test[:2], f"--classifier {classifier_file} (the {data} demo)")
         if classes != 10:
             raise ValueError(f"--classifier {classifier_file} has {classes} classes; the {data} demo has 10")
+    out = check_writable(out_dir)
     n = (100 if data == "digits" else 200) if n is None else n
     if not 1 <= n <= x_test.shape[0]:
         raise ValueError(f"n must be in [1, {x_test.shape[0]}] for the {data} test split, got {n}")

@@ -46,6 +46,7 @@ def build_explainers(
     vae: Any = None,
     seed: int = 0,
     flow_confidence: Optional[float] = None,
+    confidence: Optional[float] = None,
 ) -> dict[str, Any]:
     """``{method: explainer}`` for ``methods`` (see :data:`METHODS`), each with the models it needs.
 
@@ -58,7 +59,11 @@ def build_explainers(
         seed: seed of the inversion starts.
         flow_confidence: the diffeomorphic search's stopping confidence (default: the flow chart's, 0.99;
             the MNIST demo uses 0.999999, chosen by the sweep in docs/mnist.md).
+        confidence: the stopping confidence of every method (overrides ``flow_confidence``), so that all
+            methods are held to the same bar.
     """
+    if confidence is not None and not (isinstance(confidence, float) and 0.0 < confidence < 1.0):
+        raise ValueError(f"confidence must be a float in (0, 1), got {confidence!r}")
     needs = {"diffeomorphic": ("flow", flow), "approximate (GAN)": ("gan", gan), "approximate (VAE)": ("vae", vae)}
     explainers: dict[str, Any] = {}
     for method in check_methods(methods):
@@ -74,6 +79,8 @@ def build_explainers(
                                                            encoder=vae.encode, restarts=1, seed=seed)
         else:
             explainers[method] = AdversarialCounterfactual(classifier)
+        if confidence is not None:
+            explainers[method].chart.confidence = confidence  # the explainer's own, freshly built chart
     return explainers
 
 

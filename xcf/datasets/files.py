@@ -78,22 +78,40 @@ class ImageData:
         x = torch.stack([_image(item) for item in items])
         return x, (torch.as_tensor([int(y) for _, y in items], dtype=torch.long) if self.labelled else None)
 
+    def labels(self) -> Optional[Tensor]:
+        """The labels ``(N,)`` without decoding any image (``None`` without labels)."""
+        if not self.labelled:
+            return None
+        ds, index = self.dataset, None
+        if isinstance(ds, Subset):
+            ds, index = ds.dataset, list(ds.indices)
+        if isinstance(ds, _FolderImages):
+            y = torch.as_tensor([label for _, label in ds.samples], dtype=torch.long)
+        elif isinstance(ds, TensorDataset):
+            y = ds.tensors[1]
+        else:
+            return self.tensors()[1]
+        return y[index] if index is not None else y
+
     def first(self, k: int) -> Tensor:
         """The first ``k`` images ``(k, C, H, W)`` (fewer if there are fewer)."""
         return torch.stack([_image(self.dataset[i]) for i in range(min(k, len(self)))])
 
     def head(self, n: Optional[int]) -> "ImageData":
-        """The first ``n`` items (all for ``None``)."""
+        """``n`` items (all for ``None``) spread evenly over the set (positions ``round(linspace(0, N - 1, n))``),
+        so that a set sorted by class, as every folder is, keeps all its classes."""
         if n is None or n >= len(self):
             if n is not None and n > len(self):
                 raise ValueError(f"{n} images asked for, but {self.source} has {len(self)}")
             return self
+        # Data sets are often sorted by class (a folder always is): n items spread evenly over the whole set
+        index = torch.from_numpy(np.linspace(0, len(self) - 1, n).round().astype(np.int64))
         if isinstance(self.dataset, TensorDataset):
-            ds: Dataset = TensorDataset(*(t[:n] for t in self.dataset.tensors))
+            ds: Dataset = TensorDataset(*(t[index] for t in self.dataset.tensors))
         else:
-            ds = Subset(self.dataset, range(n))
+            ds = Subset(self.dataset, index.tolist())
         return ImageData(ds, self.shape, self.source, self.classes, self.labelled, self.levels,
-                         f"{self.fingerprint}[:{n}]")
+                         f"{self.fingerprint}[spread {n}]")
 
 
 def _image(item: object) -> Tensor:
@@ -107,7 +125,7 @@ def open_images(spec: str | os.PathLike, *, channels: Optional[int] = None, n: O
         spec: a name from :data:`BUILTIN`, a folder or an ``.npz`` file.
         channels: read the images as greyscale (1) or RGB (3); ``None``: as they are (a folder of
             greyscale files gives 1 channel, any colour file makes it 3).
-        n: keep the first ``n`` images (``digits-shifted`` is grown to ``n``).
+        n: keep ``n`` images (see :meth:`ImageData.head`; ``digits-shifted`` is grown to ``n``).
 
     Returns:
         An :class:`ImageData`.
@@ -116,7 +134,7 @@ def open_images(spec: str | os.PathLike, *, channels: Optional[int] = None, n: O
         ValueError: an unknown name, no images, mixed sizes, a malformed ``.npz``, bad labels.
 
     Example:
-        >>> data = open_images("digits-test", n=5)
+        >>> data = open_images("digits-test", n=5)      # 5 images spread over the 450
         >>> len(data), data.shape, data.classes[:3], data.labelled
         (5, (1, 8, 8), ['0', '1', '2'], True)
     """

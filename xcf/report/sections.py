@@ -20,11 +20,13 @@ from xcf.result import CounterfactualResult
 __all__ = ["CleverHansSection", "audit_report"]
 
 _METRICS_TEXT = (
-    "Means over every input (n). validity: the audited classifier predicts the target at x'; svm_transfer: an "
+    "Means over every input (n). success: the search reached the target with the stopping confidence "
+    "within the step budget; validity: the audited classifier predicts the target at x'; svm_transfer: an "
     "RBF SVM fitted on the training data agrees; knn_agreement: share of the 10 nearest training examples "
     "with the target label; l1/l2: size of x' − x; sparsity: share of entries changed by more than 0.01; "
-    "realism_bpd: flow bits per dimension of x' (lower is more realistic); on_manifold: share of "
-    "||x' − x||² in the generator's tangent space at x."
+    "out_of_range(_pixels): share of counterfactuals (of pixels) outside the data range; realism_bpd: bits "
+    "per dimension of x' under the realism judge (lower is more realistic); on_manifold: share of "
+    "||x' − x||² in the generator's tangent space at x; score: the target's probability at x'."
 )
 
 

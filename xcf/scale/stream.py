@@ -373,7 +373,7 @@ def _describe(explainer: Any) -> str:
     chart = getattr(explainer, "chart", None)
     if chart is None:
         return type(explainer).__name__
-    settings = {k: getattr(chart, k) for k in ("lr", "steps", "update") if hasattr(chart, k)}
+    settings = {k: getattr(chart, k) for k in ("lr", "steps", "update", "confidence") if hasattr(chart, k)}
     inner = ", ".join(f"{k}={v!r}" for k, v in settings.items())
     return f"{type(explainer).__name__}({type(chart).__name__}, {inner})"
 
