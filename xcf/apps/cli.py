@@ -124,24 +124,23 @@ def _int_at_least(low: int):
     return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+def _number(ok, requirement: str):
+    """An argparse type: a float for which ``ok(value)`` holds, else ``must <requirement>``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must {requirement}, got {text}")
+        return value
+
+    parse.__name__ = f"number that must {requirement}"
+    return parse
 
 
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
-    return value
+_positive_float = _number(lambda v: v > 0, "be > 0")
+_probability = _number(lambda v: 0.0 < v < 1.0, "lie strictly between 0 and 1")
 
 
 def _folder(text: str) -> str:
