@@ -27,7 +27,8 @@ def test_audit_writes_every_section(tmp_path):
     x = torch.rand(6, 1, 4, 4)
     explainers = {"pixel adam": CounterfactualExplainer(model, PixelChart(None)),
                   "pixel l2": CounterfactualExplainer(model, PixelChart(None, update="l2"))}
-    check = CleverHansCheck("tiny", model, {"cf": explainers["pixel l2"]}, x, 1, region_mask((1, 4, 4), (0, 0), (2, 2)))
+    check = CleverHansCheck("tiny", model, {"cf": explainers["pixel l2"]}, x, 1, region_mask((1, 4, 4), (0, 0), (2, 2)),
+                            fitted_on={"flow": "the tiny training set"})
     outcome = audit(model, x, 1, explainers, tmp_path / "out", train=(x_train, y_train), steps=50,
                     quality={"generator": 1.5}, clever_hans=[check], summary={"model": "linear"})
     html = outcome.report.read_text()
@@ -41,6 +42,9 @@ def test_audit_writes_every_section(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["metrics"]) == {"pixel adam", "pixel l2"}
     assert "saliency" in summary["clever_hans"]["tiny"]
+    assert {"off_region", "hotspots"} <= set(summary["clever_hans"]["tiny"]["cf"])
+    assert "tiny: the flow was fitted on the tiny training set" in html and "off-region change per pixel" in html
+    assert set(summary["hotspots"]) == {"pixel adam", "pixel l2"}
     assert (out / "metrics.csv").read_text().startswith("method")
     assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
 

@@ -235,3 +235,63 @@ def test_audit_is_deterministic_and_batched_equals_per_example(scenario):
     assert torch.equal(a.scores, b.scores)
     one = clever_hans_audit(explainer, s["others"][2:3], s["k"], s["region"], attribute_kwargs={"lr": 0.1, "steps": 300})
     assert one.scores.item() == pytest.approx(a.scores[2].item(), abs=1e-5)
+
+
+# ------------------------------------------------- on-manifold: a flow fitted on the watermarked training data
+
+def test_off_region_change_is_the_mean_outside():
+    maps = torch.zeros(3, 1, 4, 4)
+    maps[:, 0, 0, 0] = 5.0
+    maps[0, 0, 3, 3] = -1.5  # 1.5 over 15 off-region pixels: 0.1
+    maps[2, 0, 2:4, 2:4] = 0.75  # 3.0 over 15: 0.2
+    v = clever_hans_audit(maps, torch.rand(3, 1, 4, 4), 1, region_mask((1, 4, 4), (0, 0), (1, 1)))
+    assert v.off_region == pytest.approx(0.1)  # the median of 0.1, 0.0 and 0.2
+    assert "off the region they change a median 0.1 per pixel" in v.explanation
+
+
+@pytest.fixture(scope="module")
+def fitted_watermark():
+    """The digits with a 2x2 watermark at the bottom left of every training 7, a shortcut CNN trained on them,
+    a clean CNN, and a small RealNVP fitted on the *watermarked* training set (not on clean digits)."""
+    import copy
+
+    from xcf.datasets import load_digits as digits
+    from xcf.models.classifier import train_classifier
+    from xcf.models.flow_training import train_flow
+    from xcf.models.zoo import DIGITS_CLASSIFIER_CONFIG, DIGITS_FLOW_CONFIGS, build_digits_classifier, build_digits_flow
+
+    position = (6, 0)
+    x, y = digits("train")
+    xt, yt = digits("test")
+    xs, _, _ = stamp(x, y, square(2), position, 7)
+    cfg = copy.deepcopy(DIGITS_FLOW_CONFIGS["realnvp"])
+    cfg["model"]["hidden"], cfg["train"]["epochs"] = 32, 15
+    flow = build_digits_flow(cfg)
+    train_flow(flow, xs, seed=0, **cfg["train"])
+    models = {}
+    for name, data in (("shortcut", xs), ("clean", x)):
+        m = build_digits_classifier(DIGITS_CLASSIFIER_CONFIG)
+        train_classifier(m, data, y, seed=0, **DIGITS_CLASSIFIER_CONFIG["train"])
+        models[name] = m.eval()
+    return dict(flow=flow.eval(), others=xt[yt != 7][:24], region=region_mask((1, 8, 8), position, (2, 2)),
+                position=position, **models)
+
+
+@pytest.mark.slow
+def test_diffeomorphic_maps_find_the_watermark_with_a_flow_fitted_on_it(fitted_watermark):
+    from xcf.evaluate.hotspots import find_hotspots
+
+    s = fitted_watermark
+    verdicts, spots = {}, {}
+    for name in ("shortcut", "clean"):
+        explainer = xcf.DiffeomorphicCounterfactual(s[name], s["flow"], confidence=0.9999)
+        result = explainer.counterfactual(s["others"], 7, steps=500)
+        assert result.success_rate == 1.0
+        verdicts[name] = clever_hans_audit(result, s["others"], 7, s["region"])
+        # without the region: the mean map toward 7 has a hotspot exactly at the watermark, or none
+        spots[name] = find_hotspots(result.difference, torch.full((24,), 7), s["others"])[7]
+    shortcut, clean = verdicts["shortcut"], verdicts["clean"]
+    assert shortcut.flagged and not clean.flagged, (shortcut.explanation, clean.explanation)
+    assert shortcut.median >= 4 * clean.median and shortcut.median >= 3 * shortcut.baseline
+    r, c = s["position"]
+    assert [h.box for h in spots["shortcut"]][:1] == [(r, c, r + 2, c + 2)] and spots["clean"] == []

@@ -20,8 +20,12 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert {"GAN, classifier features", "VAE, PCA-50 of the training data"} <= set(summary["frechet_distance"])
     assert set(summary["realism"]) == set(summary["methods"]) | {"real test images"}
     assert set(summary["clever_hans"]) == {"watermarked classifier", "clean classifier"}
+    for verdicts in summary["clever_hans"].values():
+        assert {"pixel (L2 steps)", "diffeomorphic", "approximate (VAE)"} <= set(verdicts)
+        assert all(v["off_region"] >= 0 and isinstance(v["hotspots"], list) for v in verdicts.values())
     html = (out / "report.html").read_text()
     assert "Clever-Hans check" in html and "Generator quality" in html
+    assert "the flow was fitted on digits train, every class-7 image watermarked" in html
     assert (out / "figure_diffeomorphic.png").is_file() and (out / "metrics.md").is_file()
     assert (out / "figures" / "comparison.pdf").is_file()
     # the second run loads every model from the cache
@@ -69,3 +73,21 @@ def test_parser_lists_the_commands():
     parser = build_parser()
     for command in ("demo", "audit", "extrapolate"):
         assert parser.parse_args([command]).command == command
+
+
+@pytest.mark.slow
+def test_colour_demo_end_to_end(tmp_path, capsys):
+    out = tmp_path / "colour"
+    argv = ["demo", "--data", "coloured-digits", "--quick", "--n", "6", "--steps", "20", "--out", str(out),
+            "--cache", str(tmp_path / "cache"), "--no-progress", "--threads", "1"]
+    assert main(argv) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert set(summary["classifiers"]) == {"colour", "shape"}
+    for c in summary["classifiers"].values():
+        assert set(c["methods"]) == {"pixel (L2 steps)", "diffeomorphic"}
+        assert 0.0 <= c["test_accuracy_random_colours"] <= 1.0
+    assert summary["flow_trained_on"].startswith("digits train, colour follows the class")
+    assert "Colour or shape?" in (out / "report.html").read_text() and (out / "figure_colour.png").is_file()
+    capsys.readouterr()
+    assert main(argv[:3] + ["--methods", "adversarial", "--out", str(tmp_path / "x")]) == 2
+    assert "--methods and --classifier do not apply" in capsys.readouterr().err

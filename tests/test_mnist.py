@@ -311,7 +311,8 @@ def test_demo_on_mnist_end_to_end(tmp_path):
     assert set(summary["realism"]) == set(summary["methods"]) | {"real test images"}
     assert (out / "figure_4_to_9.png").is_file()
     html = (out / "report.html").read_text()
-    assert "4 to 9" in html and "Realism of each method" in html and "Clever-Hans" not in html
+    assert "4 to 9" in html and "Realism of each method" in html and "Clever-Hans check" in html
+    assert set(summary["clever_hans"]) == {"watermarked classifier", "clean classifier"}
     names = sorted(p.name for p in cache.iterdir())
     assert sum(n.startswith("mnist-flow") for n in names) == 2  # the search's flow and the independent judge
 

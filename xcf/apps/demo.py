@@ -5,8 +5,9 @@ test images toward ``(y + 3) mod 10`` with diffeomorphic, approximate (GAN, VAE)
 counterfactuals; measures success, steps, time, SVM transfer, k-NN agreement, the on-manifold share of
 each change, how many counterfactuals leave ``[0, 1]``, and realism by judges that took no part in the
 search (bits/dim under an independent flow, Fréchet distances in a PCA space of the training data);
-draws every method side by side (on MNIST the paper's 4 -> 9 grid); on the digits runs the Clever-Hans
-check on a classifier trained with a watermark and on the clean one; and writes figures,
+draws every method side by side (on MNIST the paper's 4 -> 9 grid); runs the Clever-Hans check on a
+classifier trained with a watermark on every training 7 and on the clean one, with pixel, diffeomorphic and
+VAE counterfactuals whose flow and VAE were fitted on that watermarked training set; and writes figures,
 ``metrics.json`` / ``metrics.md`` and the HTML report to the output directory.
 """
 
@@ -22,19 +23,18 @@ from torch import Tensor
 
 from xcf._io import format_number
 from xcf.apps.audit import CleverHansCheck, audit
-from xcf.apps.methods import build_explainers, check_methods, pixelcnn_nll
-from xcf.charts import PixelChart, invert
+from xcf.apps.methods import build_explainers, check_methods, clever_hans_explainers, pixelcnn_nll
+from xcf.charts import invert
 from xcf.datasets import balanced_order, load_digits, load_mnist
 from xcf.datasets.watermark import region_mask
 from xcf.evaluate.manifold import on_manifold_fraction, tangent_space
 from xcf.evaluate.quality import frechet_distance, inception_score, pca_features
-from xcf.explain import CounterfactualExplainer, DiffeomorphicCounterfactual
 from xcf.models.classifier import accuracy
 from xcf.models.flow_training import bits_per_dim, check_flow_fit
 from xcf.models.io import QUICK
 from xcf.models.loading import load_model, probe_classifier
+from xcf.models.shortcuts import WATERMARKS, watermark_models
 from xcf.models.zoo import (
-    WATERMARK,
     digits_classifier,
     digits_flow,
     digits_gan,
@@ -45,7 +45,6 @@ from xcf.models.zoo import (
     mnist_gan,
     mnist_pixelcnn,
     mnist_vae,
-    watermark_classifier,
 )
 from xcf.report.figures import method_grid, rows_grid, save_figure
 from xcf.report.html import check_writable
@@ -86,7 +85,6 @@ def _models(data: str, flow_kind: str, cache_dir: Any, progress: bool, quick: bo
             "judge": digits_flow(kind=judge_kind, cache_dir=cache_dir, progress=progress, overrides=q.get("flow")),
             "gan": digits_gan(cache_dir=cache_dir, progress=progress, overrides=q.get("gan")),
             "vae": digits_vae(cache_dir=cache_dir, progress=progress, overrides=q.get("vae")),
-            "shortcut": watermark_classifier(cache_dir, progress, overrides=q.get("classifier")),
             "pixelcnn": digits_pixelcnn(cache_dir, progress=progress, overrides=q.get("pixelcnn")),
         }
         models["judge_name"] = f"{judge_kind} flow (another architecture and training run)"
@@ -215,19 +213,18 @@ def run_demo(
             lambda v: float(bits_per_dim(flow, v, dequantize=False).mean()),
     }
 
-    checks = []
-    if "shortcut" in models:
-        shortcut, shortcut_metrics = models["shortcut"]
-        k = WATERMARK["target_class"]
-        others = x_test[y_test != k][:40]
-        region = region_mask(x.shape[1:], WATERMARK["position"], WATERMARK["pattern"])
-        checks = [
-            CleverHansCheck(name, model, {
-                "counterfactual (pixel, L2 steps)": CounterfactualExplainer(model, PixelChart(update="l2", lr=0.05)),
-                "diffeomorphic": DiffeomorphicCounterfactual(model, flow),
-            }, others, k, region)
-            for name, model in (("watermarked classifier", shortcut), ("clean classifier", classifier))
-        ]
+    # Clever-Hans: a shortcut classifier and the clean one, explained with a flow and a VAE fitted on the
+    # shortcut classifier's own training data (class 7 watermarked)
+    wm = watermark_models(data, cache_dir, progress, quick)
+    shortcut, shortcut_metrics = wm["shortcut"]
+    mark = WATERMARKS[data]
+    k = mark["target_class"]
+    others = x_test[y_test != k][:40]
+    region = region_mask(x.shape[1:], tuple(mark["position"]), (mark["size"], mark["size"]))
+    fitted_on = {"flow": wm["flow"][1]["trained_on"], "VAE": wm["vae"][1]["trained_on"]}
+    checks = [CleverHansCheck(name, model, clever_hans_explainers(model, flow=wm["flow"][0], vae=wm["vae"][0],
+                                                                  seed=seed), others, k, region, fitted_on)
+              for name, model in (("watermarked classifier", shortcut), ("clean classifier", classifier))]
     figures = None
     if data == "mnist":
         grid = _four_to_nine(explainers, classifier, x_test, y_test, steps, out)
@@ -245,8 +242,8 @@ def run_demo(
         "targets": "(y + 3) mod 10",
         "step budget": steps,
     }
-    if checks:
-        summary_models["watermarked classifier test accuracy"] = shortcut_metrics.get("test_accuracy")
+    summary_models["watermarked classifier test accuracy (clean test images)"] = shortcut_metrics.get("test_accuracy")
+    summary_models["Clever-Hans flow fitted on"] = fitted_on["flow"]
     batch = max(n, 1) if data == "digits" else 250
     outcome = audit(classifier, x, target, explainers, out, train=(x_train, y_train), steps=steps,
                     nll_fn=pixelcnn_nll(pixelcnn), on_manifold_fn=on_manifold_fn, quality=quality,
@@ -276,7 +273,9 @@ def run_demo(
         "frechet_distance": quality,
         "realism": outcome.summary.get("realism", {}),
         "methods": {},
-        "clever_hans": {c: {m: {"median": v.median, "chance": v.baseline, "flagged": v.flagged}
+        "clever_hans": {c: {m: {"median": v.median, "chance": v.baseline, "flagged": v.flagged,
+                                "off_region": v.off_region,
+                                "hotspots": outcome.summary["clever_hans"][c][m]["hotspots"]}
                             for m, v in vs.items()} for c, vs in outcome.clever_hans.items()},
         "models_seconds": t_models,
     }

@@ -119,6 +119,9 @@ class AuditVerdict:
         threshold: the flagging threshold.
         baseline: the region's area share (what a map with no preference scores).
         lift: ``median / baseline``.
+        off_region: median over the maps of the mean absolute value per pixel *outside* the region (in the
+            map's units, e.g. grey levels for ``x' - x``): the change a person looks through to find the
+            pattern.
         method: a name for the explanation method.
         success_rate: share of successful counterfactual searches (NaN for attributions).
         scores: the per-sample scores.
@@ -137,6 +140,7 @@ class AuditVerdict:
     threshold: float
     baseline: float
     lift: float
+    off_region: float = float("nan")
     method: str = ""
     success_rate: float = float("nan")
     scores: Tensor = field(default_factory=lambda: torch.empty(0), repr=False)
@@ -217,16 +221,20 @@ def clever_hans_audit(
     n = int(valid.numel())
     cls = int(torch.mode(t).values) if t.numel() else -1
     if n == 0:
-        return AuditVerdict(False, cls, 0, *(float("nan"),) * 6, thr, baseline, float("nan"), method, success_rate,
-                            scores, "no non-zero maps to score: nothing to judge")
+        return AuditVerdict(False, cls, 0, *(float("nan"),) * 6, thr, baseline, float("nan"), float("nan"), method,
+                            success_rate, scores, "no non-zero maps to score: nothing to judge")
     med = float(valid.median())
     q = torch.quantile(valid, torch.tensor([0.25, 0.75], dtype=valid.dtype))
     flagged = med >= thr
     lift = med / baseline if baseline > 0 else math.inf
+    outside = 1.0 - r.expand_as(maps)
+    off = (maps.detach().abs() * outside).flatten(1).sum(1) / outside.flatten(1).sum(1).clamp_min(1.0)
+    off_region = float(off[~scores.isnan()].double().cpu().median())
     verdict = "FLAGGED: likely Clever-Hans shortcut" if flagged else "not flagged"
     explanation = (
         f"{verdict}. {method} maps toward class {cls} put a median {med:.0%} of their mass in the "
-        f"{baseline:.1%}-area region ({lift:.1f}x chance; threshold {thr:.1%}; {n} maps)."
+        f"{baseline:.1%}-area region ({lift:.1f}x chance; threshold {thr:.1%}; {n} maps); off the region they "
+        f"change a median {off_region:.3g} per pixel."
     )
     return AuditVerdict(
         flagged=bool(flagged),
@@ -241,6 +249,7 @@ def clever_hans_audit(
         threshold=thr,
         baseline=baseline,
         lift=lift,
+        off_region=off_region,
         method=method,
         success_rate=success_rate,
         scores=scores,

@@ -136,7 +136,8 @@ def rows_grid(
     title: Optional[str] = None,
 ) -> Figure:
     """The paper's layout: one column per input; a row of originals, then per method a row of
-    counterfactuals and a row of difference maps ``x' − x`` (one symmetric colour scale per method).
+    counterfactuals and a row of difference maps ``x' − x`` (one symmetric colour scale per method; for RGB
+    images the map is drawn in colour around grey, so that a repainted object shows its change of hue).
 
     Titles give the classifier's prediction and probability, green where the search succeeded and red
     where it failed.
@@ -163,8 +164,11 @@ def rows_grid(
             _show(axes[1 + 2 * j, i], image_of(r.counterfactual[i]), _label(probs_c, i, class_names),
                   color="green" if bool(r.success[i]) else "red")
             d = r.difference[i]
-            _show(axes[2 + 2 * j, i], image_of(d.mean(0) if d.ndim == 3 else d), "", cmap="RdBu_r",
-                  vmin=-scale, vmax=scale)
+            if d.ndim == 3 and d.shape[0] == 3:  # colour change as colour: grey is no change
+                _show(axes[2 + 2 * j, i], image_of(d / (2 * scale) + 0.5), "")
+            else:
+                _show(axes[2 + 2 * j, i], image_of(d.mean(0) if d.ndim == 3 else d), "", cmap="RdBu_r",
+                      vmin=-scale, vmax=scale)
         axes[1 + 2 * j, 0].set_ylabel(name, fontsize=8, parse_math=False)
         axes[2 + 2 * j, 0].set_ylabel("x' − x", fontsize=8)
     if title:
@@ -173,8 +177,12 @@ def rows_grid(
     return fig
 
 
-def mean_map_figure(maps: Mapping[str, Mapping[int, Tensor]], class_names: Optional[Sequence[str]] = None) -> Figure:
-    """Rows = methods, columns = target classes: the mean signed difference map, one scale per row."""
+def mean_map_figure(maps: Mapping[str, Mapping[int, Tensor]], class_names: Optional[Sequence[str]] = None,
+                    boxes: Optional[Mapping[str, Mapping[int, Sequence[Sequence[int]]]]] = None) -> Figure:
+    """Rows = methods, columns = target classes: the mean signed difference map, one scale per row; ``boxes``
+    ``{method: {class: [(top, left, bottom, right), ...]}}`` are outlined in green (hotspots)."""
+    from matplotlib.patches import Rectangle
+
     names = list(maps)
     classes = sorted({k for m in maps.values() for k in m})
     if not names or not classes:
@@ -188,6 +196,9 @@ def mean_map_figure(maps: Mapping[str, Mapping[int, Tensor]], class_names: Optio
             if m is not None:
                 ax.imshow(image_of(m.mean(0) if m.ndim == 3 else m), cmap="RdBu_r", vmin=-scale, vmax=scale,
                           interpolation="nearest")
+            for top, left, bottom, right in (boxes or {}).get(name, {}).get(k, []):
+                ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
+                                       edgecolor="#1a9850", linewidth=1.6))
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from xcf.report.figures import figure_grid
+from xcf.report.figures import figure_grid, image_of
 
 __all__ = ["overlay", "plot_map_grid", "to_captum_image", "to_image"]
 
@@ -126,8 +126,9 @@ def plot_map_grid(
         row_labels: a label per row (e.g. ``"3 -> 8"``).
         n: show only the first ``n`` samples.
         counterfactual: ``(N, ...)`` counterfactuals to show after the input.
-        scale: colour limits per ``"cell"`` (each map its own largest magnitude, the default) or per
-            ``"column"`` (all maps of one method share a scale; methods have different units).
+        scale: colour limits per ``"cell"`` (each map its own largest magnitude, the default), per
+            ``"column"`` (all maps of one method share a scale; methods have different units) or per ``"row"``
+            (all maps of one input share a scale: methods in the same units, such as ``x' - x``, compared).
         cell: size of one cell in inches.
         cmap: diverging colour map of the maps.
 
@@ -135,8 +136,8 @@ def plot_map_grid(
         A :class:`matplotlib.figure.Figure`.
     """
 
-    if scale not in ("cell", "column"):
-        raise ValueError(f"scale must be 'cell' or 'column', got {scale!r}")
+    if scale not in ("cell", "column", "row"):
+        raise ValueError(f"scale must be 'cell', 'column' or 'row', got {scale!r}")
     if not maps:
         raise ValueError("maps is empty")
     names = list(maps)
@@ -153,9 +154,11 @@ def plot_map_grid(
     cols = lead + len(names)
     fig, axes = figure_grid(count, cols, (cell * cols, cell * count))
     col_vmax = {name: float(maps[name][:count].abs().max()) for name in names}
+    row_vmax = [max(float(np.abs(to_image(maps[name][i])).max()) for name in names) for i in range(count)]
     for i in range(count):
         ax = axes[i, 0]
-        ax.imshow(to_image(x[i]), cmap="gray", interpolation="nearest")
+        ax.imshow(image_of(x[i]) if x.ndim == 4 and x.shape[1] == 3 else to_image(x[i]), cmap="gray",
+                  interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
         if row_labels is not None:
@@ -166,7 +169,7 @@ def plot_map_grid(
             ax.set_xticks([])
             ax.set_yticks([])
         for j, name in enumerate(names):
-            vmax = col_vmax[name] if scale == "column" else None
+            vmax = {"column": col_vmax[name], "row": row_vmax[i], "cell": None}[scale]
             overlay(x[i], maps[name][i], axes[i, lead + j], cmap=cmap, vmax=vmax)
     axes[0, 0].set_title("input", fontsize=9, parse_math=False)
     if counterfactual is not None:

@@ -19,6 +19,28 @@ from xcf.result import CounterfactualResult
 
 __all__ = ["CleverHansSection", "audit_report"]
 
+_HOTSPOTS_TEXT = (
+    "Hotspots, found without being told where to look: compact regions (at most 10% of the image) of a class's "
+    "mean change that carry at least 15% of it and lie mostly off the pixels the audited inputs draw their "
+    "objects on. Every counterfactual painting the same small patch toward a class, off the objects, is what a "
+    "shortcut such as a watermark looks like (xcf.evaluate.hotspots)."
+)
+
+_CLEVER_HANS_TEXT = (
+    "Counterfactuals toward the suspected class, of inputs of other classes. localisation: share of |x' − x| in "
+    "the suspected region (chance: its area share); off-region change: the mean |x' − x| per pixel outside it, "
+    "the noise a person looks through; hotspot: the top region found in the mean map without the region "
+    "(rows..columns, share of the change), as xcf.evaluate.hotspots finds it."
+)
+
+
+def _spot_text(spots: Sequence[Any]) -> str:
+    if not spots:
+        return "none"
+    s = spots[0]
+    return f"rows {s.box[0]}..{s.box[2] - 1}, columns {s.box[1]}..{s.box[3] - 1}: {s.share:.0%} of the change"
+
+
 _METRICS_TEXT = (
     "Means over every input (n). success: the search reached the target with the stopping confidence "
     "within the step budget; validity: the audited classifier predicts the target at x'; svm_transfer: an "
@@ -39,12 +61,16 @@ class CleverHansSection:
         verdicts: ``{explanation: AuditVerdict}``.
         inputs: the inputs explained (a few are drawn).
         maps: ``{explanation: maps}`` with the inputs' shape.
+        hotspots: ``{explanation: [Hotspot, ...]}`` found in the mean map toward the class without the region.
+        fitted_on: ``{generative model: the data it was fitted on}``.
     """
 
     def __init__(self, name: str, target_class: int, verdicts: Mapping[str, Any], inputs: Tensor,
-                 maps: Mapping[str, Tensor]):
+                 maps: Mapping[str, Tensor], hotspots: Optional[Mapping[str, Sequence[Any]]] = None,
+                 fitted_on: Optional[Mapping[str, str]] = None):
         self.name, self.target_class, self.verdicts, self.inputs, self.maps = (
             name, target_class, dict(verdicts), inputs, dict(maps))
+        self.hotspots, self.fitted_on = dict(hotspots or {}), dict(fitted_on or {})
 
 
 def audit_report(
@@ -62,6 +88,7 @@ def audit_report(
     clever_hans: Sequence[CleverHansSection] = (),
     realism: Optional[Mapping[str, Mapping[str, float]]] = None,
     figures: Sequence[tuple[str, Any, str]] = (),
+    hotspots: Optional[Mapping[str, Mapping[int, Sequence[Any]]]] = None,
 ) -> Report:
     """The audit report: data and models, generator quality, counterfactuals, metrics, maps, Clever-Hans.
 
@@ -80,6 +107,8 @@ def audit_report(
         realism: ``{method: {judge: value}}``: realism of each method's whole counterfactual set, by judges
             that took no part in the search (e.g. a Fréchet distance to real images).
         figures: extra ``(name, figure, caption)`` to show after the side-by-side grids.
+        hotspots: ``{method: {class: [Hotspot, ...]}}`` (:func:`xcf.evaluate.hotspots.hotspots_of_maps`), outlined
+            on the mean maps and listed.
 
     Returns:
         A :class:`~xcf.report.html.Report` (call ``write(out_dir)``).
@@ -121,18 +150,34 @@ def audit_report(
                     "per phase, summed over processes:")
         report.table([{"phase": k, "share": v} for k, v in timing["shares"].items()], ["phase", "share"])
     report.section("Mean difference maps per target class")
-    report.figure("mean maps", mean_map_figure(dict(mean_maps), class_names),
-                  "mean x' − x of all inputs sent to each class")
+    boxes = {m: {k: [s.box for s in spots] for k, spots in per.items()} for m, per in (hotspots or {}).items()}
+    report.figure("mean maps", mean_map_figure(dict(mean_maps), class_names, boxes),
+                  "mean x' − x of all inputs sent to each class; green: hotspots")
+    if hotspots is not None:
+        report.text(_HOTSPOTS_TEXT)
+        rows = [{"method": m, "target": class_names[k] if class_names else k, "rows": f"{s.box[0]}..{s.box[2] - 1}",
+                 "columns": f"{s.box[1]}..{s.box[3] - 1}", "share of the change": s.share, "area share": s.area,
+                 "concentration": s.concentration, "off the objects": s.off_object}
+                for m, per in hotspots.items() for k, spots in per.items() for s in spots]
+        if rows:
+            report.table(rows)
+        else:
+            report.text("No hotspot: no method's mean change toward any class has such a region.")
     if clever_hans:
         report.section("Clever-Hans check")
+        report.text(_CLEVER_HANS_TEXT)
     for check in clever_hans:
+        if check.fitted_on:
+            report.text(f"{check.name}: " + "; ".join(f"the {m} was fitted on {d}" for m, d in check.fitted_on.items()))
         for method, v in check.verdicts.items():
             report.verdict(f"{check.name} / {method}: {'FLAGGED' if v.flagged else 'not flagged'} — "
                            f"{v.explanation}", v.flagged)
         report.table([{"explanation": m, "median localisation": v.median, "chance": v.baseline,
-                       "lift": v.lift, "threshold": v.threshold, "flagged": v.flagged}
+                       "lift": v.lift, "threshold": v.threshold, "off-region change per pixel": v.off_region,
+                       "flagged": v.flagged, "hotspot (no region given)": _spot_text(check.hotspots.get(m, []))}
                       for m, v in check.verdicts.items()])
-        report.figure(f"clever hans {check.name}", plot_map_grid(check.inputs[:6], check.maps, n=6),
-                      f"{check.name}: explanations toward class {check.target_class} of inputs of other classes "
-                      "(the suspected region is where a shortcut would show)")
+        grid = {m: v for m, v in check.maps.items() if m not in ("saliency", "integrated_gradients")} or check.maps
+        report.figure(f"clever hans {check.name}", plot_map_grid(check.inputs[:6], grid, n=6, scale="row"),
+                      f"{check.name}: counterfactual changes x' − x toward class {check.target_class} of inputs of "
+                      "other classes, one colour scale per row (the same units for every method)")
     return report
