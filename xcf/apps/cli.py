@@ -21,7 +21,7 @@ import traceback
 import warnings
 from typing import NoReturn, Optional, Sequence
 
-from xcf.apps.fitting import FIT_MINUTES, FITTABLE
+from xcf.apps.fitting import FIT_MINUTES, FITTABLE, check_fit
 from xcf.apps.methods import METHODS, check_methods
 
 __all__ = ["main", "build_parser"]
@@ -156,11 +156,12 @@ _probability = _number(lambda v: 0.0 < v < 1.0, "lie strictly between 0 and 1")
 
 
 def _fit_list(text: str) -> list[str]:
-    chosen = [k.strip() for k in text.split(",") if k.strip()]
-    unknown = sorted(set(chosen) - set(FITTABLE))
-    if unknown or not chosen:
+    if not text.strip(", "):
         raise argparse.ArgumentTypeError(f"--fit takes a comma-separated subset of {list(FITTABLE)}, got {text!r}")
-    return chosen
+    try:
+        return check_fit(text.split(","), None, None)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _folder(text: str) -> str:

@@ -34,11 +34,16 @@ _CLEVER_HANS_TEXT = (
 )
 
 
+def _rows_columns(box: Sequence[int]) -> tuple[str, str]:
+    """A hotspot's ``(top, left, bottom, right)`` box (bottom, right exclusive) as inclusive row and column ranges."""
+    return f"{box[0]}..{box[2] - 1}", f"{box[1]}..{box[3] - 1}"
+
+
 def _spot_text(spots: Sequence[Any]) -> str:
     if not spots:
         return "none"
-    s = spots[0]
-    return f"rows {s.box[0]}..{s.box[2] - 1}, columns {s.box[1]}..{s.box[3] - 1}: {s.share:.0%} of the change"
+    rows, columns = _rows_columns(spots[0].box)
+    return f"rows {rows}, columns {columns}: {spots[0].share:.0%} of the change"
 
 
 _METRICS_TEXT = (
@@ -155,9 +160,9 @@ def audit_report(
                   "mean x' − x of all inputs sent to each class; green: hotspots")
     if hotspots is not None:
         report.text(_HOTSPOTS_TEXT)
-        rows = [{"method": m, "target": class_names[k] if class_names else k, "rows": f"{s.box[0]}..{s.box[2] - 1}",
-                 "columns": f"{s.box[1]}..{s.box[3] - 1}", "share of the change": s.share, "area share": s.area,
-                 "concentration": s.concentration, "off the objects": s.off_object}
+        rows = [{"method": m, "target": class_names[k] if class_names else k,
+                 **dict(zip(("rows", "columns"), _rows_columns(s.box))), "share of the change": s.share,
+                 "area share": s.area, "concentration": s.concentration, "off the objects": s.off_object}
                 for m, per in hotspots.items() for k, spots in per.items() for s in spots]
         if rows:
             report.table(rows)
