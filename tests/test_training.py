@@ -209,17 +209,16 @@ def test_the_trainers_honour_max_seconds():
     assert h["capped"] and h["epochs"] == len(h["loss"]) < 100_000
 
 
-def test_old_import_paths_still_work():
-    from xcf.models import zoo
-    from xcf.models.classifier import DIGITS_CLASSIFIER_CONFIG, build_digits_classifier, digits_classifier
-    from xcf.models.flows import digits_flow
-    from xcf.models.gan import digits_gan
-    from xcf.models.vae import digits_vae
+def test_models_package_has_no_lazy_shims_or_zoo():
+    """The import cycle through lazy ``__getattr__`` shims is gone: every models module stands on its own."""
+    import importlib
+    import pkgutil
 
-    assert digits_classifier is zoo.digits_classifier and build_digits_classifier is zoo.build_digits_classifier
-    assert DIGITS_CLASSIFIER_CONFIG is zoo.DIGITS_CLASSIFIER_CONFIG
-    assert (digits_flow, digits_gan, digits_vae) == (zoo.digits_flow, zoo.digits_gan, zoo.digits_vae)
-    import xcf.models.gan as gan
+    import xcf.models
 
-    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
-        gan.nothing
+    for info in pkgutil.iter_modules(xcf.models.__path__):
+        module = importlib.import_module(f"xcf.models.{info.name}")
+        assert not hasattr(module, "__getattr__"), info.name
+    for gone in ("xcf.models.zoo", "xcf.models.recipes", "xcf.models.shortcuts", "xcf._compat", "xcf.cli"):
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(gone)

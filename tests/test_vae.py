@@ -3,9 +3,7 @@
 import pytest
 import torch
 
-from xcf.models import zoo
 from xcf.models.vae import VAE, train_vae, vae_loss
-from xcf.models.zoo import digits_vae
 
 torch.set_num_threads(1)
 
@@ -80,13 +78,3 @@ def test_deterministic_under_seed():
     hb = train_vae(b, blobs(64), epochs=2, seed=3)
     assert ha["loss"] == hb["loss"]
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
-
-
-def test_digits_vae_cache(tmp_path, monkeypatch):
-    monkeypatch.setitem(zoo.DIGITS_VAE_CONFIG, "epochs", 1)
-    vae, metrics = digits_vae(cache_dir=tmp_path)
-    assert not vae.training and metrics["epochs"] == 1 and "test_loss" in metrics
-    assert len(list(tmp_path.glob("digits-vae-*.pt"))) == 1
-    vae2, metrics2 = digits_vae(cache_dir=tmp_path)
-    assert metrics2 == metrics
-    assert all(torch.equal(p, q) for p, q in zip(vae.state_dict().values(), vae2.state_dict().values()))

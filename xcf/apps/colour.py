@@ -16,12 +16,11 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from xcf.apps.methods import CLEVER_HANS_CONFIDENCE, clever_hans_explainers
+from xcf.apps.methods import CLEVER_HANS_CONFIDENCE, clever_hans_explainers, reference_model
 from xcf.datasets import balanced_order
 from xcf.datasets.colour import COLOUR_NAMES, TRAIN_FOLLOW, load_coloured
 from xcf.evaluate.colour import colour_audit
 from xcf.models.classifier import accuracy
-from xcf.models.shortcuts import colour_models
 from xcf.report.figures import rows_grid, save_figure
 from xcf.report.html import Report, check_writable
 
@@ -41,7 +40,7 @@ _TEXT = (
 
 def run_colour_demo(out_dir: str | Path = "xcf-out", data: str = "coloured-mnist", *,
                     cache_dir: Optional[str | Path] = None, n: Optional[int] = None, steps: int = 1000,
-                    seed: int = 0, progress: bool = True, quick: bool = False) -> dict[str, Any]:
+                    seed: int = 0, progress: bool = True, quick: bool = False, retrain: bool = False) -> dict[str, Any]:
     """Run the colour-shortcut audit; write ``report.html``, ``metrics.json`` and figures to ``out_dir``.
 
     Args:
@@ -52,7 +51,9 @@ def run_colour_demo(out_dir: str | Path = "xcf-out", data: str = "coloured-mnist
         steps: step budget per counterfactual.
         seed: seed of the inversions and searches.
         progress: progress bars while training.
-        quick: tiny training budgets (a smoke test; numbers meaningless).
+        quick: tiny models trained into the cache instead of the shipped weights (a smoke test; numbers
+            meaningless).
+        retrain: train the scenario's reference models again into the cache instead of the shipped weights.
 
     Returns:
         The metrics written to ``metrics.json``: per classifier its test accuracy in random colours and, per
@@ -67,7 +68,10 @@ def run_colour_demo(out_dir: str | Path = "xcf-out", data: str = "coloured-mnist
     n = 100 if n is None else n
     if not 1 <= n <= x_test.shape[0]:
         raise ValueError(f"n must be in [1, {x_test.shape[0]}] for the {data} test split, got {n}")
-    models = colour_models(grey, cache_dir, progress, quick)
+    models = {role: reference_model(f"{grey}-{name}", quick=quick, retrain=retrain, cache_dir=cache_dir,
+                                    progress=progress)
+              for role, name in (("colour", "colour-classifier"), ("shape", "colour-shape-classifier"),
+                                 ("flow", "colour-flow"))}
     flow, flow_metrics = models["flow"]
     order = balanced_order(y_test)
     x, y = x_test[order][:n], y_test[order][:n]

@@ -1,6 +1,6 @@
 """``xcf demo``: the main job, on the embedded digits default or on real MNIST.
 
-Trains (or loads from the cache) the reference classifier, flow, GAN and VAE of the data set; explains
+Loads the shipped reference classifier, flows, GAN, VAE and PixelCNN of the data set (``DEMO_MODELS``); explains
 test images toward ``(y + 3) mod 10`` with diffeomorphic, approximate (GAN, VAE) and adversarial
 counterfactuals; measures success, steps, time, SVM transfer, k-NN agreement, the on-manifold share of
 each change, how many counterfactuals leave ``[0, 1]``, and realism by judges that took no part in the
@@ -23,83 +23,54 @@ from torch import Tensor
 
 from xcf._io import format_number
 from xcf.apps.audit import CleverHansCheck, audit
-from xcf.apps.methods import build_explainers, check_methods, clever_hans_explainers, pixelcnn_nll
+from xcf.apps.methods import build_explainers, check_methods, clever_hans_explainers, pixelcnn_nll, reference_model
 from xcf.charts import invert
 from xcf.datasets import balanced_order, load_digits, load_mnist
+from xcf.datasets.scenarios import WATERMARKS
 from xcf.datasets.watermark import region_mask
 from xcf.evaluate.manifold import on_manifold_fraction, tangent_space
 from xcf.evaluate.quality import frechet_distance, inception_score, pca_features
 from xcf.models.classifier import accuracy
 from xcf.models.flow_training import bits_per_dim, check_flow_fit
-from xcf.models.io import QUICK
 from xcf.models.loading import load_model, probe_classifier
-from xcf.models.shortcuts import WATERMARKS, watermark_models
-from xcf.models.zoo import (
-    digits_classifier,
-    digits_flow,
-    digits_gan,
-    digits_pixelcnn,
-    digits_vae,
-    mnist_classifier,
-    mnist_flow,
-    mnist_gan,
-    mnist_pixelcnn,
-    mnist_vae,
-)
 from xcf.report.figures import method_grid, rows_grid, save_figure
 from xcf.report.html import check_writable
 
-__all__ = ["DEMO_DATA", "MNIST_QUICK", "run_demo"]
+__all__ = ["DEMO_DATA", "DEMO_MODELS", "run_demo"]
 
 #: the data sets of ``xcf demo --data``
 DEMO_DATA = ("digits", "mnist")
 
-#: tiny MNIST budgets for smoke tests (``--quick``): numbers meaningless
-MNIST_QUICK: dict[str, dict[str, Any]] = {
-    "classifier": {"train": {"epochs": 1}, "model": {"width": 8}, "max_seconds": 5},
-    "flow": {"train": {"epochs": 1}, "model": {"hidden": 8, "steps_per_scale": 1}, "max_seconds": 5},
-    "gan": {"epochs": 1, "max_seconds": 5},
-    "vae": {"epochs": 1, "max_seconds": 5},
-    "pixelcnn": {"model": {"hidden": 4, "layers": 1, "head": 4}, "train": {"epochs": 1}, "max_seconds": 5},
+#: the reference models of each demo (:data:`xcf.models.shipped.TABLE`), by role
+DEMO_MODELS: dict[str, dict[str, str]] = {
+    "digits": {"classifier": "digits-classifier", "gan": "digits-gan", "vae": "digits-vae",
+               "pixelcnn": "digits-pixelcnn", "shortcut": "digits-watermark-classifier",
+               "shortcut flow": "digits-watermark-flow", "shortcut vae": "digits-watermark-vae"},
+    "mnist": {"classifier": "mnist-classifier", "flow": "mnist-flow", "judge": "mnist-judge-flow", "gan": "mnist-gan",
+              "vae": "mnist-vae", "pixelcnn": "mnist-pixelcnn", "shortcut": "mnist-watermark-classifier",
+              "shortcut flow": "mnist-watermark-flow", "shortcut vae": "mnist-watermark-vae"},
 }
 
 #: the stopping confidence of the diffeomorphic search on MNIST (the sweep's winner, docs/mnist.md)
 MNIST_CONFIDENCE = 0.999999
 
-#: the independent realism judge of the MNIST flow: the same recipe under another seed, a shorter budget
-MNIST_JUDGE_FLOW = {"seed": 1, "max_seconds": 600}
 
 
 def _median_steps(steps: Tensor, ok: Tensor) -> Optional[float]:
     return float(steps[ok].float().median()) if bool(ok.any()) else None
 
 
-def _models(data: str, flow_kind: str, cache_dir: Any, progress: bool, quick: bool) -> dict[str, Any]:
-    """The reference models of ``data`` (trained once, then cached), with their metrics."""
+def _models(data: str, flow_kind: str, load: Any) -> dict[str, Any]:
+    """The reference models of ``data`` with their metrics, by role (``load(name)`` gives ``(model, metrics)``)."""
+    names = dict(DEMO_MODELS[data])
     if data == "digits":
-        q = QUICK if quick else {}
-        judge_kind = "glow" if flow_kind == "realnvp" else "realnvp"
-        models = {
-            "classifier": digits_classifier(cache_dir=cache_dir, progress=progress, overrides=q.get("classifier")),
-            "flow": digits_flow(kind=flow_kind, cache_dir=cache_dir, progress=progress, overrides=q.get("flow")),
-            "judge": digits_flow(kind=judge_kind, cache_dir=cache_dir, progress=progress, overrides=q.get("flow")),
-            "gan": digits_gan(cache_dir=cache_dir, progress=progress, overrides=q.get("gan")),
-            "vae": digits_vae(cache_dir=cache_dir, progress=progress, overrides=q.get("vae")),
-            "pixelcnn": digits_pixelcnn(cache_dir, progress=progress, overrides=q.get("pixelcnn")),
-        }
-        models["judge_name"] = f"{judge_kind} flow (another architecture and training run)"
-        return models
-    q = MNIST_QUICK if quick else {}
-    judge = {**q.get("flow", {}), **MNIST_JUDGE_FLOW, **({"max_seconds": 5} if quick else {})}
-    return {
-        "classifier": mnist_classifier(cache_dir, progress=progress, overrides=q.get("classifier")),
-        "flow": mnist_flow(cache_dir, progress=progress, overrides=q.get("flow")),
-        "judge": mnist_flow(cache_dir, progress=progress, overrides=judge),
-        "gan": mnist_gan(cache_dir, progress=progress, overrides=q.get("gan")),
-        "vae": mnist_vae(cache_dir, progress=progress, overrides=q.get("vae")),
-        "pixelcnn": mnist_pixelcnn(cache_dir, progress=progress, overrides=q.get("pixelcnn")),
-        "judge_name": "Glow of another seed and training run",
-    }
+        names["flow"], names["judge"] = (("digits-realnvp", "digits-glow") if flow_kind == "realnvp"
+                                         else ("digits-glow", "digits-realnvp"))
+    models: dict[str, Any] = {role: load(name) for role, name in names.items()}
+    models["judge_name"] = (f"{names['judge']} (another architecture and training run)" if data == "digits"
+                            else f"{names['judge']} (a Glow of another seed and training run)")
+    models["names"] = names
+    return models
 
 
 def _four_to_nine(explainers: dict[str, Any], classifier: Any, x_test: Tensor, y_test: Tensor, steps: int,
@@ -122,6 +93,7 @@ def run_demo(
     flow_kind: str = "realnvp",
     progress: bool = True,
     quick: bool = False,
+    retrain: bool = False,
     classifier_file: Optional[str | Path] = None,
     methods: Optional[list[str]] = None,
     data: str = "digits",
@@ -135,9 +107,12 @@ def run_demo(
             approximate method costs 1 to 2 s per MNIST digit on a CPU).
         steps: step budget per counterfactual.
         seed: seed for everything random in the demo.
-        flow_kind: ``"realnvp"`` or ``"glow"`` (digits only; MNIST uses :func:`xcf.models.mnist_flow`).
+        flow_kind: ``"realnvp"`` or ``"glow"`` (digits only; MNIST uses its Glow, ``reference("mnist-flow")``).
         progress: progress bars.
-        quick: tiny training budgets (:data:`QUICK`, :data:`MNIST_QUICK`): a smoke test, numbers meaningless.
+        quick: tiny models trained into the cache instead of the shipped weights (a smoke test, numbers
+            meaningless).
+        retrain: train the reference models again into the cache (the table's budgets) instead of loading the
+            shipped weights (:func:`xcf.models.reference`).
         classifier_file: audit this classifier instead of the reference one: an xcf model file, a TorchScript
             or torch.export archive, or a factory ``module:function`` (:func:`xcf.models.loading.load_model`).
         methods: a subset of ``"diffeomorphic"``, ``"approximate (GAN)"``, ``"approximate (VAE)"``,
@@ -165,7 +140,8 @@ def run_demo(
     if not 1 <= n <= x_test.shape[0]:
         raise ValueError(f"n must be in [1, {x_test.shape[0]}] for the {data} test split, got {n}")
 
-    models = _models(data, flow_kind, cache_dir, progress, quick)
+    models = _models(data, flow_kind, lambda name: reference_model(name, quick=quick, retrain=retrain,
+                                                                   cache_dir=cache_dir, progress=progress))
     classifier, clf_metrics = models["classifier"]
     flow, flow_metrics = models["flow"]
     judge, judge_metrics = models["judge"]
@@ -215,8 +191,8 @@ def run_demo(
 
     # Clever-Hans: a shortcut classifier and the clean one, explained with a flow and a VAE fitted on the
     # shortcut classifier's own training data (class 7 watermarked)
-    wm = watermark_models(data, cache_dir, progress, quick)
-    shortcut, shortcut_metrics = wm["shortcut"]
+    shortcut, shortcut_metrics = models["shortcut"]
+    wm = {"flow": models["shortcut flow"], "vae": models["shortcut vae"]}
     mark = WATERMARKS[data]
     k = mark["target_class"]
     others = x_test[y_test != k][:40]
@@ -230,7 +206,7 @@ def run_demo(
         grid = _four_to_nine(explainers, classifier, x_test, y_test, steps, out)
         figures = lambda results: grid  # noqa: E731
 
-    flow_name = flow_kind if data == "digits" else "glow (mnist_flow)"
+    flow_name = flow_kind if data == "digits" else "glow (mnist-flow)"
     summary_models = {
         "data": f"{data} test split, first {n} images",
         "classifier test accuracy": clf_metrics.get("test_accuracy"),
@@ -278,6 +254,8 @@ def run_demo(
                                 "hotspots": outcome.summary["clever_hans"][c][m]["hotspots"]}
                             for m, v in vs.items()} for c, vs in outcome.clever_hans.items()},
         "models_seconds": t_models,
+        "models": models["names"],
+        "models_source": "smoke-test models (cache)" if quick else ("retrained (cache)" if retrain else "shipped weights"),
     }
     table = outcome.table.to_dict()
     for name, r in results.items():

@@ -25,8 +25,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from xcf.extrapolate import ExtrapolationHistory, KnowledgeExtrapolation
-from xcf.models.io import QUICK
-from xcf.models.zoo import digits_classifier, digits_gan
+from xcf.apps.methods import reference_model
 from xcf.report.figures import figure_grid, image_of, save_figure
 
 __all__ = ["run_extrapolation_demo", "match_plain_step", "extrapolation_figure"]
@@ -125,10 +124,10 @@ def extrapolation_figure(
     return fig
 
 
-def _models(cache_dir: Any, quick: bool, progress: bool) -> tuple[nn.Module, nn.Module]:
-    q = QUICK if quick else {}
-    G, _ = digits_gan(cache_dir=cache_dir, progress=progress, overrides=q.get("gan"))
-    classifier, _ = digits_classifier(cache_dir=cache_dir, progress=progress, overrides=q.get("classifier"))
+def _models(cache_dir: Any, quick: bool, retrain: bool, progress: bool) -> tuple[nn.Module, nn.Module]:
+    G, _ = reference_model("digits-gan", quick=quick, retrain=retrain, cache_dir=cache_dir, progress=progress)
+    classifier, _ = reference_model("digits-classifier", quick=quick, retrain=retrain, cache_dir=cache_dir,
+                                    progress=progress)
     return G, classifier
 
 
@@ -139,6 +138,7 @@ def run_extrapolation_demo(
     steps: int = 20,
     seed: int = 0,
     quick: bool = False,
+    retrain: bool = False,
     *,
     keep_fraction: float = 1e-3,
     epsilon: float = 1e-2,
@@ -158,7 +158,8 @@ def run_extrapolation_demo(
         knowledge: the digit ``k``; ``P_l(x) = softmax(f(x))[k]``.
         steps: number of updates ``K`` of both methods.
         seed: seed of the latent codes.
-        quick: a smoke test: fewer steps and codes, and the tiny training budgets of :data:`xcf.models.io.QUICK`.
+        quick: a smoke test: fewer steps and codes, and tiny reference models trained into the cache.
+        retrain: train the digits GAN and classifier again into the cache instead of the shipped weights.
         keep_fraction: share of parameter entries the truncated update moves per step.
         epsilon: step of the truncated update.
         batch_size: latent codes per step.
@@ -177,7 +178,7 @@ def run_extrapolation_demo(
         steps, eval_size = min(steps, 10), min(eval_size, 128)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    G, classifier = _models(cache_dir, quick, progress)
+    G, classifier = _models(cache_dir, quick, retrain, progress)
     posterior = lambda x: torch.softmax(classifier(x), dim=1)[:, knowledge]  # noqa: E731
     features = classifier.features
     gen = torch.Generator().manual_seed(seed)

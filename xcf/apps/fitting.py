@@ -14,11 +14,12 @@ from typing import Optional, Sequence
 from xcf.apps.train import run_train
 from xcf.datasets.files import ImageData
 from xcf.models.loading import LoadedModel, load_model
+from xcf.models.registry import KINDS
 
 __all__ = ["FITTABLE", "FIT_MINUTES", "check_fit", "fitted"]
 
 #: what ``xcf audit --fit`` fits on the training data
-FITTABLE = ("flow", "gan", "vae")
+FITTABLE = tuple(k.name for k in KINDS.values() if "flow" in k.roles or "generator" in k.roles)
 #: the default wall-clock budget of each model ``--fit`` trains, in minutes
 FIT_MINUTES = 10.0
 

@@ -19,12 +19,21 @@ from xcf.explain import (
     DiffeomorphicCounterfactual,
 )
 from xcf.models.flow_training import bits_per_dim
+from xcf.models.shipped import reference
 
 __all__ = ["CLEVER_HANS_CONFIDENCE", "METHODS", "build_explainers", "check_methods", "clever_hans_explainers",
-           "flow_nll", "pixelcnn_nll"]
+           "flow_nll", "pixelcnn_nll", "reference_model"]
 
 #: the methods of ``xcf demo`` and ``xcf audit``, in report order
 METHODS = ("diffeomorphic", "approximate (GAN)", "approximate (VAE)", "adversarial")
+
+
+def reference_model(name: str, *, quick: bool = False, retrain: bool = False, cache_dir: Any = None,
+                    progress: bool = False) -> tuple[Any, dict[str, Any]]:
+    """The applications' one way to a reference model (:func:`xcf.models.shipped.reference`): the shipped
+    weights; with ``retrain`` the table's recipe trained into the cache; with ``quick`` a tiny smoke-test model
+    trained into the cache (numbers meaningless)."""
+    return reference(name, retrain=retrain and not quick, smoke=quick, cache_dir=cache_dir, progress=progress)
 
 
 def check_methods(methods: Optional[Sequence[str]]) -> list[str]:

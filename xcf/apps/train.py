@@ -3,7 +3,7 @@
 :func:`run_train` opens the data (:func:`xcf.datasets.files.open_images`), checks that the model kind
 fits it (labels for a classifier, image sides the architecture can take) before decoding any pixel,
 holds out a test part (or takes ``test_data``), trains the recommended architecture for the data's shape
-(:func:`xcf.models.recipes.fit_flow` and its siblings) on the chosen device, measures it on the test
+(its kind's recipe in :data:`xcf.models.registry.KINDS`, trained by :func:`~xcf.models.registry.fit_model`) on the chosen device, measures it on the test
 part (bits/dim for density models, Fréchet distance for generators, accuracy for a classifier) and
 writes an xcf model file (configuration + weights-only state dict + those numbers) that ``xcf audit``
 loads.
@@ -19,46 +19,25 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from xcf.apps.models import frechet_of_generator
 from xcf.datasets.files import ImageData, open_images
-from xcf.evaluate.quality import frechet_distance, pca_features
 from xcf.models.flow_training import infer_levels
 from xcf.models.io import save_model
-from xcf.models.pixelcnn_training import fit_pixelcnn, pixelcnn_recipe
-from xcf.models.recipes import (
-    classifier_recipe,
-    fit_classifier,
-    fit_flow,
-    fit_gan,
-    fit_vae,
-    flow_recipe,
-    gan_recipe,
-    vae_recipe,
-)
+from xcf.models.registry import KINDS, fit_model, get_kind
 from xcf.scale.distributed import pick_device
 
 __all__ = ["KINDS", "run_train"]
-
-#: what ``xcf train`` fits
-KINDS = ("flow", "gan", "vae", "classifier", "pixelcnn")
 
 #: fraction of the data held out for the test numbers when no test data is given
 HOLDOUT = 0.1
 
 
 def _recipe(kind: str, data: ImageData, n: int) -> dict[str, Any]:
-    shape = data.shape
-    if kind == "flow":
-        return flow_recipe(shape, data.levels or 256, n)
-    if kind == "classifier":
-        if not data.labelled:
-            raise ValueError(f"a classifier needs labels, but {data.source} has none (an ImageFolder's sub-folders "
-                             "or an .npz 'y' give them)")
-        return classifier_recipe(shape, len(data.classes or []) or 2, n)
-    if kind == "gan":
-        return gan_recipe(shape, n)
-    if kind == "vae":
-        return vae_recipe(shape, n)
-    return pixelcnn_recipe(shape, n, levels=data.levels or 256)
+    spec = get_kind(kind)
+    if spec.labels and not data.labelled:
+        raise ValueError(f"a {kind} needs labels, but {data.source} has none (an ImageFolder's sub-folders "
+                         "or an .npz 'y' give them)")
+    return spec.recipe(data.shape, n, data.levels or 256, len(data.classes or []) or 2)
 
 
 def _check_out(out: str | os.PathLike) -> Path:
@@ -139,7 +118,7 @@ def run_train(
     cfg = _recipe(kind, images, len(images))  # refuses shapes the architecture cannot take, before decoding
     cfg["seed"] = int(seed)
     if epochs is not None:
-        (cfg if kind in ("gan", "vae") else cfg["train"])["epochs"] = int(epochs)
+        cfg["train"]["epochs"] = int(epochs)
 
     x, y = images.tensors()
     if held is not None:
@@ -161,39 +140,13 @@ def run_train(
 def _fit(kind: str, cfg: dict[str, Any], x: Tensor, y: Optional[Tensor], x_test: Optional[Tensor],
          y_test: Optional[Tensor], images: ImageData, budget: Optional[float], progress: bool, seed: int,
          dev: torch.device) -> dict[str, Any]:
-    if kind == "flow":
-        levels = images.levels or infer_levels(x)
-        model, m = fit_flow(x, x_test=x_test, levels=levels, max_seconds=budget, progress=progress, config=cfg)
-    elif kind == "pixelcnn":
-        model, m = fit_pixelcnn(x, x_test=x_test, max_seconds=budget, progress=progress, config=cfg)
-    elif kind == "classifier":
-        test = (x_test, y_test.to(dev)) if x_test is not None and y_test is not None else None
-        model, m = fit_classifier(x, y.to(dev), test=test, max_seconds=budget, progress=progress,  # type: ignore[union-attr]
-                                  config=cfg)
-    elif kind == "gan":
-        model, m = fit_gan(x, max_seconds=budget, progress=progress, config=cfg)
-    else:
-        model, m = fit_vae(x, x_test=x_test, max_seconds=budget, progress=progress, config=cfg)
+    levels = (images.levels or infer_levels(x)) if get_kind(kind).levels else None
+    y = y.to(dev) if y is not None and get_kind(kind).labels else None
+    y_test = y_test.to(dev) if y_test is not None and y is not None else None
+    model, m = fit_model(kind, x, y, x_test=x_test, y_test=y_test, levels=levels, max_seconds=budget,
+                         progress=progress, config=cfg)
     m = dict(m)
-    if kind in ("gan", "vae") and x_test is not None and x_test.shape[0] >= 2:
-        m.update(_frechet(kind, model, x, x_test, seed))
+    if "generator" in get_kind(kind).roles and x_test is not None and x_test.shape[0] >= 2:
+        m.update(frechet_of_generator(kind, model, x, x_test, seed))
     m["model"] = model
     return m
-
-
-def _frechet(kind: str, model: Any, x: Tensor, x_test: Tensor, seed: int) -> dict[str, float]:
-    """Fréchet distance of generated samples, and of training images (the floor), to the test images, in the
-    features of the top principal components of the training data (no trained model takes part)."""
-    pca = pca_features(x.cpu(), dims=min(50, x.shape[0], x[0].numel()))
-    gen = torch.Generator().manual_seed(seed)
-    n = x_test.shape[0]
-    decode = model if kind == "gan" else model.decoder
-    with torch.no_grad():
-        z = torch.randn(n, model.latent_dim, generator=gen).to(x.device)
-        fake = decode(z).clamp(0, 1).cpu()
-    real = x_test.cpu()
-    floor = x[torch.randperm(x.shape[0], generator=gen)[:n]].cpu()
-    out = {"frechet_distance_pca": frechet_distance(real, fake, features=pca)}
-    if floor.shape[0] >= 2:
-        out["frechet_distance_pca_real_train"] = frechet_distance(real, floor, features=pca)
-    return out

@@ -7,11 +7,12 @@ output depends on that sample alone.
 
 :func:`train_classifier` minimises the mean cross-entropy ``-log softmax(f(x))[y]`` with AdamW over
 shuffled mini-batches (the one loop :func:`xcf.models.training.fit`); the reference classifier
-trained on the digits is :func:`xcf.models.zoo.digits_classifier`.
+trained on the digits is ``xcf.models.reference("digits-classifier")``.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Optional
 
 import torch
@@ -20,9 +21,10 @@ from torch import Tensor, nn
 
 from xcf._validation import check_image_size
 from xcf.datasets import load_digits  # noqa: F401  (the doctests use it)
+from xcf.models.kind import ModelKind, epochs_for, seeded, split_budget
 from xcf.models.training import TrainContext, fit
 
-__all__ = ["DigitsCNN", "train_classifier", "accuracy"]
+__all__ = ["DigitsCNN", "KIND", "accuracy", "build_classifier", "classifier_recipe", "train_classifier"]
 
 
 class DigitsCNN(nn.Module):
@@ -180,14 +182,53 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> 
     return correct / x.shape[0]
 
 
-_MOVED_TO_ZOO = frozenset({"DIGITS_CLASSIFIER_CONFIG", "build_digits_classifier", "digits_classifier"})
+# ------------------------------------------------------------------------------- the classifier kind
+def classifier_recipe(shape: tuple[int, int, int], n_classes: int = 10, n: int = 4000) -> dict[str, Any]:
+    """The recommended CNN (:class:`DigitsCNN`) for square images of ``shape`` (side a multiple of 4).
+
+    Example:
+        >>> classifier_recipe((1, 28, 28))["model"]
+        {'in_channels': 1, 'n_classes': 10, 'image_size': 28, 'width': 32}
+    """
+    c, h, w = shape
+    if h != w:
+        raise ValueError(f"the recommended classifier takes square images, got {h}x{w}")
+    return {
+        "model": {"in_channels": int(c), "n_classes": int(n_classes), "image_size": check_image_size(h), "width": 32},
+        "train": {"epochs": epochs_for(n, 60_000, 10, 100), "lr": 2e-3, "batch_size": 64, "weight_decay": 1e-4},
+        "seed": 0,
+        "version": 1,
+    }
 
 
-def __getattr__(name: str) -> Any:
-    """The reference-model names that moved to :mod:`xcf.models.zoo`, still reachable from here
-    (imported late: the zoo imports this module, never the reverse)."""
-    if name in _MOVED_TO_ZOO:
-        from xcf.models import zoo
+def build_classifier(config: dict[str, Any]) -> DigitsCNN:
+    """The untrained :class:`DigitsCNN` of a configuration, initialised under its ``"seed"``."""
+    return seeded(int(config.get("seed", 0)), lambda: DigitsCNN(**config.get("model", config)))
 
-        return getattr(zoo, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def _train(model: nn.Module, cfg: dict[str, Any], x: Tensor, y: Optional[Tensor], x_test: Optional[Tensor],
+           y_test: Optional[Tensor], max_seconds: Optional[float], progress: bool) -> dict[str, Any]:
+    if y is None:
+        raise ValueError("a classifier trains on labelled images: y is missing")
+    settings, budget = split_budget(cfg, max_seconds)
+    start = time.perf_counter()
+    history = train_classifier(model, x, y, seed=int(cfg["seed"]), progress=progress, max_seconds=budget, **settings)
+    metrics: dict[str, Any] = {"train_seconds": time.perf_counter() - start, "epochs": int(history["epochs"]),
+                               "capped": bool(history["capped"]), "train_accuracy": accuracy(model, x, y)}
+    if x_test is not None and y_test is not None:
+        metrics["test_accuracy"] = accuracy(model, x_test, y_test)
+    return metrics
+
+
+def _measure(model: nn.Module, cfg: dict[str, Any], x_test: Tensor, y_test: Optional[Tensor]) -> float:
+    if y_test is None:
+        raise ValueError("the test accuracy needs labels")
+    return accuracy(model, x_test, y_test)
+
+
+KIND = ModelKind(
+    name="classifier", architecture="DigitsCNN", summary="a CNN (DigitsCNN) for square images",
+    roles=("classifier",), recipe=lambda shape, n, levels, n_classes: classifier_recipe(shape, n_classes, n),
+    build=build_classifier, train=_train, test_metric="test_accuracy", measure=_measure, higher_is_better=True, labels=True,
+    smoke={"model": {"width": 8}, "train": {"epochs": 1}},
+)

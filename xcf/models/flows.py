@@ -347,22 +347,3 @@ def glow_flow(
         return layers
 
     return _assemble(shape, levels, alpha, scales, make_scale)
-
-
-
-_MOVED_TO_ZOO = frozenset({"DIGITS_FLOW_CONFIGS", "build_digits_flow", "digits_flow"})
-_MOVED_TO_TRAINING = frozenset({"train_flow", "bits_per_dim"})
-
-
-def __getattr__(name: str) -> Any:
-    """The reference-model names that moved to :mod:`xcf.models.zoo`, still reachable from here
-    (imported late: the zoo imports this module, never the reverse)."""
-    if name in _MOVED_TO_ZOO:
-        from xcf.models import zoo
-
-        return getattr(zoo, name)
-    if name in _MOVED_TO_TRAINING:
-        from xcf.models import flow_training
-
-        return getattr(flow_training, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,8 +14,7 @@ Two losses are offered (``s = D(x)`` is a logit, ``σ`` the logistic function):
   ``D(G(z)) - D(x) + λ (||∇D(x̂)||₂ - 1)²`` at random interpolates ``x̂`` of real and fake
   samples, ``G`` minimises ``-D(G(z))``; the critic takes ``n_critic`` steps per generator step.
 
-:func:`xcf.models.zoo.digits_gan` trains the reference generator of the digits default (about a minute on one
-CPU thread) and caches it with :func:`xcf.models.io.cached_model`.
+``xcf.models.reference("digits-gan")`` is the reference generator of the digits default (shipped weights).
 """
 
 from __future__ import annotations
@@ -28,15 +27,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xcf._validation import check_image_size
+from xcf.models.kind import ModelKind, epochs_for, seeded, split_budget
 from xcf.models.training import TrainContext, fit
 
-__all__ = ["DCGANGenerator", "DCGANDiscriminator", "train_gan"]
+__all__ = ["DCGANGenerator", "DCGANDiscriminator", "KIND", "build_gan", "gan_recipe", "train_gan"]
 
 class DCGANGenerator(nn.Module):
     """``z -> x``: linear layer to a ``(4w, s/4, s/4)`` map, two ``ConvTranspose2d(4, 2, 1)`` + sigmoid.
 
     BatchNorm follows the linear layer and the first transposed convolution (train it in training
-    mode; use it in eval mode, as :func:`train_gan` and :func:`xcf.models.zoo.digits_gan` leave it).
+    mode; use it in eval mode, as :func:`train_gan` leaves it).
 
     Args:
         latent_dim: dimension ``d`` of ``z``.
@@ -288,14 +288,58 @@ def train_gan(
     return history
 
 
-_MOVED_TO_ZOO = frozenset({"DIGITS_GAN_CONFIG", "build_digits_gan", "digits_gan"})
+# -------------------------------------------------------------------------------------- the GAN kind
+_MODEL_KEYS = ("latent_dim", "image_size", "channels", "width")
 
 
-def __getattr__(name: str) -> Any:
-    """The reference-model names that moved to :mod:`xcf.models.zoo`, still reachable from here
-    (imported late: the zoo imports this module, never the reverse)."""
-    if name in _MOVED_TO_ZOO:
-        from xcf.models import zoo
+def gan_recipe(shape: tuple[int, int, int], n: int = 4000) -> dict[str, Any]:
+    """The recommended DCGAN for square images of ``shape``: latent 16 for sides up to 8, else 32.
 
-        return getattr(zoo, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    Example:
+        >>> gan_recipe((1, 28, 28))["model"]
+        {'latent_dim': 32, 'image_size': 28, 'channels': 1, 'width': 32}
+    """
+    c, h, w = shape
+    if h != w:
+        raise ValueError(f"the recommended GAN takes square images, got {h}x{w}")
+    side = check_image_size(h)
+    return {"model": {"latent_dim": 16 if side <= 8 else 32, "image_size": side, "channels": int(c),
+                      "width": 16 if side <= 8 else 32},
+            "train": {"loss": "ns", "epochs": epochs_for(n, 250_000, 10, 300), "lr": 5e-4, "batch_size": 64,
+                      "ema": 0.999},
+            "seed": 0, "version": 1}
+
+
+def nested(config: dict[str, Any], model_keys: tuple[str, ...]) -> dict[str, Any]:
+    """A configuration in the one schema; the flat GAN and VAE configurations of xcf 0.2 files are split
+    into ``"model"`` and ``"train"``."""
+    if "model" in config:
+        return config
+    flat = {k: v for k, v in config.items() if k not in ("seed", "version", "data", "trained_on")}
+    return {"model": {k: flat[k] for k in model_keys if k in flat},
+            "train": {k: v for k, v in flat.items() if k not in model_keys and k != "max_seconds"},
+            "seed": int(config.get("seed", 0)), "version": int(config.get("version", 1))}
+
+
+def build_gan(config: dict[str, Any]) -> DCGANGenerator:
+    """The untrained generator of a configuration (:func:`gan_recipe`'s schema), initialised under its ``"seed"``."""
+    config = nested(config, _MODEL_KEYS)
+    return seeded(int(config.get("seed", 0)), lambda: DCGANGenerator(**config["model"]))
+
+
+def _train(G: nn.Module, cfg: dict[str, Any], x: Tensor, y: Optional[Tensor], x_test: Optional[Tensor],
+           y_test: Optional[Tensor], max_seconds: Optional[float], progress: bool) -> dict[str, Any]:
+    model = cfg["model"]
+    D = seeded(int(cfg["seed"]) + 1, lambda: DCGANDiscriminator(model["image_size"], model["channels"], model["width"]))
+    settings, budget = split_budget(cfg, max_seconds)
+    history = train_gan(G, D.to(x.device), x, seed=int(cfg["seed"]), progress=progress, max_seconds=budget, **settings)
+    return {"d_loss": history["d_loss"][-1], "g_loss": history["g_loss"][-1], "epochs": history["epochs"],
+            "capped": bool(history.get("capped", False)), "train_seconds": history["seconds"]}
+
+
+KIND = ModelKind(
+    name="gan", architecture="DCGANGenerator", summary="a DCGAN generator for approximate counterfactuals",
+    roles=("generator",), recipe=lambda shape, n, levels, n_classes: gan_recipe(shape, n),
+    build=build_gan, train=_train, test_metric="frechet_distance_pca",
+    smoke={"train": {"epochs": 1}},
+)

@@ -1,7 +1,8 @@
-"""Saving and loading models as plain state dicts, and the cache the demo trains into.
+"""Model files: xcf's ``.pt`` files (a state dict and the configuration that rebuilds it), the shipped
+``.safetensors`` weights (verified by sha256), and the cache that retrained models go to.
 
-Files hold only tensors and plain Python values, so they load with ``torch.load(weights_only=True)``:
-a file a user hands in cannot run code.
+Files hold only tensors and plain values: ``.pt`` files load with ``torch.load(weights_only=True)`` and
+``.safetensors`` files are read by the safetensors library, so a file handed in cannot run code.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -17,20 +19,10 @@ from torch import nn
 
 from xcf._io import atomic_write
 
-__all__ = ["save_model", "load_state", "cache_dir", "cached_model", "merged", "QUICK"]
+__all__ = ["WEIGHTS_FORMAT", "save_model", "load_state", "cache_dir", "cached_model", "merged", "read_weights",
+           "save_weights", "sha256_of"]
 
 FORMAT = 1
-
-#: tiny training budgets of the reference models, for smoke tests of whole pipelines (``--quick``):
-#: pass ``overrides=QUICK[name]`` to ``digits_classifier``, ``digits_flow``, ``digits_gan``, ``digits_vae``
-QUICK: dict[str, dict[str, Any]] = {
-    "classifier": {"train": {"epochs": 3}},
-    "flow": {"train": {"epochs": 2}},
-    "gan": {"epochs": 2},
-    "vae": {"epochs": 2},
-    "pixelcnn": {"model": {"hidden": 4, "layers": 1, "head": 4}, "train": {"epochs": 1}, "max_seconds": 5},
-}
-
 
 def save_model(model: nn.Module, path: str | os.PathLike, config: dict[str, Any], metrics: Optional[dict] = None) -> Path:
     """Write ``model``'s state dict with the ``config`` that rebuilds it, atomically.
@@ -132,3 +124,87 @@ def cached_model(
     model.eval()
     save_model(model, path, config, metrics)
     return model, metrics
+
+
+# ----------------------------------------------------------------------------------- safetensors weights
+#: the format tag in the metadata of every ``.safetensors`` file xcf writes; another tag is refused
+WEIGHTS_FORMAT = "xcf-weights/1"
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, as 64 hex digits."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike, kind: str, config: dict[str, Any],
+                 metrics: Optional[dict[str, Any]] = None) -> str:
+    """Write ``model``'s state dict as safetensors, with ``kind``, ``config`` and ``metrics`` (plain JSON values) in
+    the metadata; atomically.
+
+    Returns:
+        The sha256 of the written file.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "lin.safetensors"
+        >>> digest = save_weights(nn.Linear(2, 1), path, "toy", {"model": {}})
+        >>> state, meta = read_weights(path, sha256=digest)
+        >>> sorted(state), meta["kind"]
+        (['bias', 'weight'], 'toy')
+    """
+    from safetensors.torch import save
+
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    metadata = {"format": WEIGHTS_FORMAT, "kind": str(kind), "architecture": type(model).__name__,
+                "config": json.dumps(config, sort_keys=True), "metrics": json.dumps(metrics or {}, sort_keys=True)}
+    data = save(state, metadata=metadata)
+    atomic_write(Path(path), lambda fh: fh.write(data))
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_weights(path: str | os.PathLike, sha256: Optional[str] = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a ``.safetensors`` file written by :func:`save_weights`, after checking its sha256 when given.
+
+    Returns:
+        ``(state dict, metadata)``; the metadata has ``format``, ``kind``, ``architecture``, ``config`` and
+        ``metrics`` (the last two decoded from JSON).
+
+    Raises:
+        ValueError: one sentence naming the file: missing, a sha256 other than ``sha256``, not safetensors
+        (truncated, edited), or not of :data:`WEIGHTS_FORMAT`.  Nothing is loaded from such a file.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no weights file at {path}")
+    data = path.read_bytes()
+    if sha256 is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise ValueError(f"{path} is not the file xcf recorded: sha256 {actual[:16]}..., expected {sha256[:16]}... "
+                             f"({len(data):,} bytes; truncated, edited or of another version); nothing was loaded")
+    try:
+        if len(data) < 8:
+            raise ValueError("shorter than a header")
+        (header_len,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8:8 + header_len])
+        state = load(data)
+    except (SafetensorError, ValueError, UnicodeDecodeError, struct.error) as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({' '.join(str(e).split())[:200]}); "
+                         "nothing was loaded") from None
+    meta = dict(header.get("__metadata__") or {})
+    if meta.get("format") != WEIGHTS_FORMAT:
+        raise ValueError(f"{path} is not an xcf weights file of format {WEIGHTS_FORMAT!r} (its metadata says "
+                         f"{meta.get('format')!r})")
+    try:
+        meta["config"] = json.loads(meta.get("config", "{}"))
+        meta["metrics"] = json.loads(meta.get("metrics", "{}"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: its metadata is not valid JSON ({e.msg})") from None
+    return state, meta

@@ -29,10 +29,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from xcf.models.classifier import DigitsCNN
+from xcf.models.classifier import DigitsCNN  # noqa: F401  (the doctests use it)
 from xcf.models.io import FORMAT
-from xcf.models.pixelcnn_training import build_pixelcnn
-from xcf.models.zoo import build_digits_flow, build_digits_gan, build_digits_vae
+from xcf.models.registry import KINDS
 
 __all__ = ["ROLES", "LoadedModel", "load_model", "model_kind", "probe_classifier"]
 
@@ -84,7 +83,8 @@ def model_kind(model: Any) -> str:
     return "classifier"
 
 
-_ACCEPTS = {"classifier": ("classifier",), "flow": ("flow",), "generator": ("gan", "vae"), "judge": ("pixelcnn", "flow")}
+#: role -> the kinds that can fill it (from the registry's ``roles``)
+_ACCEPTS = {role: tuple(k.name for k in KINDS.values() if role in k.roles) for role in ROLES}
 
 
 def load_model(spec: str | os.PathLike, role: str) -> LoadedModel:
@@ -173,18 +173,8 @@ def _from_file(path: Path, role: str) -> tuple[Any, str, dict[str, Any]]:
     return _rebuild(path, payload, role), "xcf model file", dict(payload.get("metrics") or {})
 
 
-def _classifier(config: dict[str, Any]) -> nn.Module:
-    return DigitsCNN(**config.get("model", config))
-
-
-#: architecture class recorded in an xcf model file -> the builder of its configuration
-_BUILDERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
-    "DigitsCNN": _classifier,
-    "Flow": build_digits_flow,
-    "DCGANGenerator": build_digits_gan,
-    "VAE": build_digits_vae,
-    "GatedPixelCNN": build_pixelcnn,
-}
+#: architecture class recorded in an xcf model file -> the builder of its configuration (the registry's kinds)
+_BUILDERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {k.architecture: k.build for k in KINDS.values()}
 
 
 def _rebuild(path: Path, payload: dict[str, Any], role: str) -> nn.Module:

@@ -6,15 +6,15 @@ import math
 from typing import Any, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from xcf.models.pixelcnn import _MODEL_KEYS, GatedPixelCNN, _check_int, _check_shape
-from xcf.models.recipes import _check_budget, _check_images, _epochs, seeded
+from xcf.models.kind import ModelKind, epochs_for, seeded, split_budget
 from xcf.models.training import TrainContext, fit
 
-__all__ = ["pixelcnn_recipe", "build_pixelcnn", "fit_pixelcnn"]
+__all__ = ["KIND", "build_pixelcnn", "pixelcnn_recipe"]
 
-_TRAIN_KEYS = ("epochs", "lr", "batch_size", "clip", "weight_decay")
+_TRAIN_KEYS = ("epochs", "lr", "batch_size", "clip", "weight_decay", "max_seconds")
 _TRAIN_REQUIRED = ("epochs", "lr", "batch_size")
 
 
@@ -49,9 +49,10 @@ def pixelcnn_recipe(shape: tuple[int, int, int], n: int = 4000, seed: int = 0, l
     return {
         "model": {"shape": [c, h, w], "hidden": hidden, "layers": 6, "kernel": 3, "first_kernel": 7, "head": hidden,
                   "levels": _check_int("levels", levels, 2)},
-        "train": {"epochs": _epochs(n, 200_000, 5, 500), "lr": 2e-3, "batch_size": 64, "clip": 1.0,
+        "train": {"epochs": epochs_for(n, 200_000, 5, 500), "lr": 2e-3, "batch_size": 64, "clip": 1.0,
                   "weight_decay": 0.0},
         "seed": int(seed),
+        "version": 1,
     }
 
 
@@ -70,6 +71,9 @@ def _check_config(config: Any) -> dict[str, Any]:
     missing = [k for k in _TRAIN_REQUIRED if k not in config["train"]]
     if missing:
         raise ValueError(f"config['train'] misses {missing}")
+    unknown = sorted(set(config) - {"model", "train", "seed", "version"})
+    if unknown:
+        raise ValueError(f"config has unknown keys {unknown}; allowed: ['model', 'train', 'seed', 'version']")
     seed = config.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"config['seed'] must be an int, got {seed!r}")
@@ -94,63 +98,16 @@ def build_pixelcnn(config: dict[str, Any]) -> GatedPixelCNN:
     return seeded(int(config.get("seed", 0)), lambda: GatedPixelCNN(**model))
 
 
-def fit_pixelcnn(
-    x: Tensor,
-    *,
-    x_test: Optional[Tensor] = None,
-    max_seconds: Optional[float] = None,
-    progress: bool = False,
-    seed: int = 0,
-    config: Optional[dict[str, Any]] = None,
-) -> tuple[GatedPixelCNN, dict[str, Any]]:
-    r"""Build the recommended PixelCNN for ``x``'s shape (:func:`pixelcnn_recipe`) and train it on ``x``.
-
-    Maximum likelihood: the loss is the mean negative log-likelihood per sub-pixel (cross-entropy over the
-    ``L`` levels of ``k = round(x (L - 1))``), minimised by Adam with a cosine learning rate (annealed to 0
-    also under ``max_seconds``) in :func:`xcf.models.training.fit`, on ``x``'s device.
-
-    Args:
-        x: training images ``(N, C, H, W)`` in ``[0, 1]``.
-        x_test: held-out images for ``metrics["test_bits_per_dim"]``.
-        max_seconds: wall-clock budget of the training (default: no cap).
-        progress: show a progress bar.
-        seed: seed of the initialisation and the shuffling, unless ``config`` has its own ``"seed"``.
-        config: a configuration to use instead of the recipe's (e.g. a smaller model or shorter training).
-
-    Returns:
-        ``(model in eval mode, metrics)``: ``train_bits_per_dim`` (mean over up to 1,000 training images),
-        ``test_bits_per_dim`` (with ``x_test``), ``train_seconds``, ``epochs``, ``steps``, ``capped``,
-        ``history`` (training bits/dim per epoch) and ``config`` (``"model"``, ``"train"``, ``"seed"``).
-
-    Example:
-        >>> x = torch.randint(0, 4, (32, 1, 4, 4)) / 3.0
-        >>> cfg = pixelcnn_recipe((1, 4, 4), n=32)
-        >>> cfg["model"].update(hidden=4, layers=1, levels=4); cfg["train"]["epochs"] = 1
-        >>> model, metrics = fit_pixelcnn(x, config=cfg)
-        >>> model.training, 0 < metrics["train_bits_per_dim"] < 3
-        (False, True)
-    """
-    c, h, w = _check_images(x, "x")
-    if x_test is not None and _check_images(x_test, "x_test") != (c, h, w):
-        raise ValueError(f"x_test has images of shape {tuple(x_test.shape[1:])}, x of shape {(c, h, w)}")
-    max_seconds = _check_budget(max_seconds)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an int, got {seed!r}")
-    cfg = pixelcnn_recipe((c, h, w), x.shape[0], seed) if config is None else _check_config(config)
-    cfg = {"model": dict(cfg["model"]), "train": dict(cfg["train"]), "seed": int(cfg.get("seed", seed))}
-    if tuple(cfg["model"].get("shape", (1, 28, 28))) != (c, h, w):
-        raise ValueError(f"the configuration's model takes images of shape {tuple(cfg['model'].get('shape', ()))}, "
-                         f"the data has {(c, h, w)}")
-    model = build_pixelcnn(cfg).to(x.device)
-    cfg["model"] = model.config()
-    metrics = _train_pixelcnn(model, cfg, x, x_test, max_seconds, progress)
-    return model, {**metrics, "config": cfg}
+def _measure(model: nn.Module, cfg: dict[str, Any], x_test: Tensor, y_test: Optional[Tensor]) -> float:
+    return float(model.bits_per_dim(x_test).mean())
 
 
-def _train_pixelcnn(model: GatedPixelCNN, cfg: dict[str, Any], x: Tensor, x_test: Optional[Tensor],
-                    max_seconds: Optional[float], progress: bool) -> dict[str, Any]:
+def _train(model: GatedPixelCNN, cfg: dict[str, Any], x: Tensor, y: Optional[Tensor], x_test: Optional[Tensor],
+           y_test: Optional[Tensor], max_seconds: Optional[float], progress: bool) -> dict[str, Any]:
+    """Maximum likelihood: the mean negative log-likelihood per sub-pixel (cross-entropy over the ``L`` levels of
+    ``k = round(x (L - 1))``), AdamW with a cosine learning rate, through the one loop."""
     levels = model.levels
-    train = cfg["train"]
+    train, max_seconds = split_budget(cfg, max_seconds)
 
     def step(xb: Tensor, ctx: TrainContext):
         k = torch.round(xb * (levels - 1)).long()
@@ -165,8 +122,16 @@ def _train_pixelcnn(model: GatedPixelCNN, cfg: dict[str, Any], x: Tensor, x_test
     model.eval()
     metrics: dict[str, Any] = {"train_bits_per_dim": float(model.bits_per_dim(x[:1000]).mean())}
     if x_test is not None:
-        metrics["test_bits_per_dim"] = float(model.bits_per_dim(x_test).mean())
+        metrics["test_bits_per_dim"] = _measure(model, cfg, x_test, None)
     metrics.update(train_seconds=float(history["seconds"]), epochs=int(history["epochs"]),
                    steps=int(history["steps"]), capped=bool(history["capped"]),
                    history={"bits_per_dim": [float(v) for v in history.get("bits_per_dim", [])]})
     return metrics
+
+
+KIND = ModelKind(
+    name="pixelcnn", architecture="GatedPixelCNN", summary="a gated PixelCNN: an independent realism judge",
+    roles=("judge",), recipe=lambda shape, n, levels, n_classes: pixelcnn_recipe(shape, n, levels=levels),
+    build=build_pixelcnn, train=_train, test_metric="test_bits_per_dim", measure=_measure, levels=True,
+    smoke={"model": {"hidden": 4, "layers": 1, "head": 4}, "train": {"epochs": 1}},
+)

@@ -346,3 +346,4 @@ def fit(
     history["final_lr"] = first.param_groups[0]["lr"]
     history["seconds"] = time.perf_counter() - start
     return history
+

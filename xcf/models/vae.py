@@ -10,8 +10,8 @@ per image
 with ``BCE`` summed over pixels and ``KL = ½ Σ (μ² + σ² - log σ² - 1)``.
 
 The decoder is the generator of approximate counterfactuals (``xcf.ApproximateCounterfactual(f,
-vae.decoder, (d,), encoder=vae.encode)``); :func:`xcf.models.zoo.digits_vae` trains the reference model of the
-digits default (about half a minute on one CPU thread) and caches it.
+vae.decoder, (d,), encoder=vae.encode)``); ``xcf.models.reference("digits-vae")`` is the reference model of the
+digits default (shipped weights).
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xcf._validation import check_image_size
+from xcf.models.gan import nested
+from xcf.models.kind import ModelKind, epochs_for, seeded, split_budget
 from xcf.models.training import TrainContext, fit
 
-__all__ = ["VAE", "train_vae", "vae_loss"]
+__all__ = ["KIND", "VAE", "build_vae", "negative_elbo", "train_vae", "vae_loss", "vae_recipe"]
 
 class _Decoder(nn.Module):
     """``z -> x``: linear layer to ``(2w, s/4, s/4)``, two ``ConvTranspose2d(4, 2, 1)``, sigmoid."""
@@ -177,14 +179,59 @@ def train_vae(
     return history
 
 
-_MOVED_TO_ZOO = frozenset({"DIGITS_VAE_CONFIG", "build_digits_vae", "digits_vae"})
+# -------------------------------------------------------------------------------------- the VAE kind
+_MODEL_KEYS = ("latent_dim", "image_size", "channels", "width")
 
 
-def __getattr__(name: str) -> Any:
-    """The reference-model names that moved to :mod:`xcf.models.zoo`, still reachable from here
-    (imported late: the zoo imports this module, never the reverse)."""
-    if name in _MOVED_TO_ZOO:
-        from xcf.models import zoo
+def vae_recipe(shape: tuple[int, int, int], n: int = 4000) -> dict[str, Any]:
+    """The recommended VAE for square images of ``shape``: latent 16 for sides up to 8, else 32; ``beta = 0.25``.
 
-        return getattr(zoo, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    Example:
+        >>> vae_recipe((1, 8, 8))["model"]
+        {'latent_dim': 16, 'image_size': 8, 'channels': 1, 'width': 32}
+    """
+    c, h, w = shape
+    if h != w:
+        raise ValueError(f"the recommended VAE takes square images, got {h}x{w}")
+    side = check_image_size(h)
+    return {"model": {"latent_dim": 16 if side <= 8 else 32, "image_size": side, "channels": int(c), "width": 32},
+            "train": {"epochs": epochs_for(n, 150_000, 10, 200), "lr": 2e-3, "batch_size": 64, "beta": 0.25},
+            "seed": 0, "version": 1}
+
+
+def build_vae(config: dict[str, Any]) -> VAE:
+    """The untrained VAE of a configuration (:func:`vae_recipe`'s schema), initialised under its ``"seed"``."""
+    config = nested(config, _MODEL_KEYS)
+    return seeded(int(config.get("seed", 0)), lambda: VAE(**config["model"]))
+
+
+def negative_elbo(vae: VAE, x_test: Tensor, beta: float, seed: int) -> float:
+    """The mean negative ELBO of ``x_test`` with reparameterisation noise drawn under ``seed`` (deterministic)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        eps = torch.randn(x_test.shape[0], vae.latent_dim, generator=gen).to(x_test.device)
+        return float(vae_loss(vae, x_test, eps, beta)[0])
+
+
+def _measure(vae: nn.Module, cfg: dict[str, Any], x_test: Tensor, y_test: Optional[Tensor]) -> float:
+    return negative_elbo(vae, x_test, float(cfg["train"]["beta"]), int(cfg["seed"]) + 1)
+
+
+def _train(vae: nn.Module, cfg: dict[str, Any], x: Tensor, y: Optional[Tensor], x_test: Optional[Tensor],
+           y_test: Optional[Tensor], max_seconds: Optional[float], progress: bool) -> dict[str, Any]:
+    settings, budget = split_budget(cfg, max_seconds)
+    history = train_vae(vae, x, seed=int(cfg["seed"]), progress=progress, max_seconds=budget, **settings)
+    metrics: dict[str, Any] = {"loss": history["loss"][-1], "reconstruction": history["reconstruction"][-1],
+                               "kl": history["kl"][-1], "epochs": history["epochs"],
+                               "capped": bool(history.get("capped", False)), "train_seconds": history["seconds"]}
+    if x_test is not None:
+        metrics["test_loss"] = _measure(vae, cfg, x_test, y_test)
+    return metrics
+
+
+KIND = ModelKind(
+    name="vae", architecture="VAE", summary="a convolutional VAE (decoder and encoder) for approximate counterfactuals",
+    roles=("generator",), recipe=lambda shape, n, levels, n_classes: vae_recipe(shape, n),
+    build=build_vae, train=_train, test_metric="test_loss", measure=_measure,
+    smoke={"train": {"epochs": 1}},
+)
