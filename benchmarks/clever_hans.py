@@ -23,7 +23,7 @@ from xcf.apps.audit import CleverHansCheck, clever_hans_check
 from xcf.apps.methods import clever_hans_explainers
 from xcf.datasets import balanced_order, load_digits, load_mnist
 from xcf.datasets.watermark import region_mask
-from xcf.datasets.scenarios import WATERMARKS, describe_data, watermarked
+from xcf.datasets.scenarios import WATERMARKS, watermarked
 from xcf.models import cached_model, get_kind, reference
 from xcf.models.shipped import reference_entry
 

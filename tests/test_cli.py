@@ -1,4 +1,4 @@
-"""The command line: `xcf demo` end to end (quick budgets) and its error paths."""
+"""The command line: `xcf demo` end to end (shipped models, and quick smoke models) and its error paths."""
 
 import json
 
@@ -10,10 +10,13 @@ from xcf.apps.cli import build_parser, main
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path, capsys):
     out, cache = tmp_path / "out", tmp_path / "cache"
-    rc = main(["demo", "--quick", "--n", "8", "--steps", "60", "--out", str(out), "--cache", str(cache),
+    rc = main(["demo", "--n", "8", "--steps", "60", "--out", str(out), "--cache", str(cache),
                "--no-progress", "--threads", "1"])
     assert rc == 0
+    assert not cache.exists() or not any(cache.iterdir())  # the shipped weights: nothing trained, nothing cached
     summary = json.loads((out / "metrics.json").read_text())
+    assert summary["models_source"] == "shipped weights" and summary["models_seconds"] < 10
+    assert summary["models"]["flow"] == "digits-realnvp" and summary["models"]["judge"] == "digits-glow"
     assert set(summary["methods"]) == {"diffeomorphic", "approximate (GAN)", "approximate (VAE)", "adversarial"}
     for m in summary["methods"].values():
         assert 0.0 <= m["success_rate"] <= 1.0 and m["time_per_counterfactual_s"] > 0
@@ -28,8 +31,10 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert "the flow was fitted on digits train, every class-7 image watermarked" in html
     assert (out / "figure_diffeomorphic.png").is_file() and (out / "metrics.md").is_file()
     assert (out / "figures" / "comparison.pdf").is_file()
-    # the second run loads every model from the cache
-    assert sorted(p.name for p in cache.iterdir()) == sorted(p.name for p in cache.iterdir() if p.suffix == ".pt")
+    # --quick trains smoke models into the cache; the second run loads them from it
+    assert main(["demo", "--quick", "--n", "4", "--steps", "20", "--out", str(tmp_path / "out1"), "--cache",
+                 str(cache), "--no-progress", "--methods", "adversarial,diffeomorphic"]) == 0
+    assert {p.suffix for p in cache.iterdir()} == {".pt", ".sha256"}
     n_models = len(list(cache.iterdir()))
     assert main(["demo", "--quick", "--n", "4", "--steps", "20", "--out", str(tmp_path / "out2"), "--cache",
                  str(cache), "--no-progress", "--methods", "adversarial,diffeomorphic"]) == 0

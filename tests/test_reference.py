@@ -9,7 +9,7 @@ import torch
 import xcf
 from xcf.apps.cli import main
 from xcf.apps.fitting import FITTABLE
-from xcf.apps.models import rebuild, table_rows, verify
+from xcf.apps.models import table_rows, verify
 from xcf.datasets.scenarios import REFERENCE_DATA, reference_data
 from xcf.models import shipped as ref_module
 from xcf.models.io import read_weights, save_weights, sha256_of
@@ -151,6 +151,12 @@ def test_retrain_goes_to_the_cache_and_never_touches_the_shipped_file(tmp_path):
     again, metrics2 = reference("digits-classifier", smoke=True, cache_dir=tmp_path)  # loaded, not retrained
     assert metrics2 == metrics and all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters()))
     assert sha256_of(shipped.file) == before
+    cached = next(tmp_path.glob("digits-classifier-smoke-*.pt"))
+    cached.write_bytes(cached.read_bytes()[:-10])  # a truncated cache file is refused, not loaded half
+    with pytest.raises(ValueError, match=f"the cached model {cached} is not the file xcf wrote .*truncated or edited"):
+        reference("digits-classifier", smoke=True, cache_dir=tmp_path)
+    again, _ = reference("digits-classifier", smoke=True, retrain=True, cache_dir=tmp_path)  # retrain overwrites it
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters()))
 
 
 # ---------------------------------------------------------------------------------- xcf models command

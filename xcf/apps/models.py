@@ -24,7 +24,7 @@ from xcf._io import atomic_write
 from xcf._version import __version__
 from xcf.datasets.scenarios import describe_data, reference_data
 from xcf.evaluate.quality import frechet_distance, pca_features
-from xcf.models.io import save_weights, sha256_of
+from xcf.models.io import save_weights
 from xcf.models.shipped import TABLE, Reference, reference, reference_entry, references
 from xcf.models.registry import fit_model, get_kind
 

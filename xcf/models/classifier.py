@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from xcf._validation import check_image_size
 from xcf.datasets import load_digits  # noqa: F401  (the doctests use it)
-from xcf.models.kind import ModelKind, epochs_for, seeded, split_budget
+from xcf.models.kind import ModelKind, epochs_for, seeded, split_budget, square_side
 from xcf.models.training import TrainContext, fit
 
 __all__ = ["DigitsCNN", "KIND", "accuracy", "build_classifier", "classifier_recipe", "train_classifier"]
@@ -190,11 +190,9 @@ def classifier_recipe(shape: tuple[int, int, int], n_classes: int = 10, n: int =
         >>> classifier_recipe((1, 28, 28))["model"]
         {'in_channels': 1, 'n_classes': 10, 'image_size': 28, 'width': 32}
     """
-    c, h, w = shape
-    if h != w:
-        raise ValueError(f"the recommended classifier takes square images, got {h}x{w}")
+    c, side = square_side(shape, "classifier")
     return {
-        "model": {"in_channels": int(c), "n_classes": int(n_classes), "image_size": check_image_size(h), "width": 32},
+        "model": {"in_channels": int(c), "n_classes": int(n_classes), "image_size": side, "width": 32},
         "train": {"epochs": epochs_for(n, 60_000, 10, 100), "lr": 2e-3, "batch_size": 64, "weight_decay": 1e-4},
         "seed": 0,
         "version": 1,

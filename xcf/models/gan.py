@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xcf._validation import check_image_size
-from xcf.models.kind import ModelKind, epochs_for, seeded, split_budget
+from xcf.models.kind import ModelKind, epochs_for, seeded, split_budget, square_side
 from xcf.models.training import TrainContext, fit
 
 __all__ = ["DCGANGenerator", "DCGANDiscriminator", "KIND", "build_gan", "gan_recipe", "train_gan"]
@@ -299,10 +299,7 @@ def gan_recipe(shape: tuple[int, int, int], n: int = 4000) -> dict[str, Any]:
         >>> gan_recipe((1, 28, 28))["model"]
         {'latent_dim': 32, 'image_size': 28, 'channels': 1, 'width': 32}
     """
-    c, h, w = shape
-    if h != w:
-        raise ValueError(f"the recommended GAN takes square images, got {h}x{w}")
-    side = check_image_size(h)
+    c, side = square_side(shape, "GAN")
     return {"model": {"latent_dim": 16 if side <= 8 else 32, "image_size": side, "channels": int(c),
                       "width": 16 if side <= 8 else 32},
             "train": {"loss": "ns", "epochs": epochs_for(n, 250_000, 10, 300), "lr": 5e-4, "batch_size": 64,

@@ -100,7 +100,8 @@ def cached_model(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Load ``name`` from the cache if a file for exactly this ``config`` exists, else build, train, save.
 
-    The file name carries a hash of ``config``, so changing a setting never loads a stale model.
+    The file name carries a hash of ``config``, so changing a setting never loads a stale model, and a
+    ``<file>.sha256`` beside it records the file's hash: a truncated or edited file is refused, never loaded.
 
     Args:
         name: a short name (``"digits-classifier"``).
@@ -116,13 +117,21 @@ def cached_model(
     key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
     path = cache_dir(directory) / f"{name}-{key}.pt"
     model = build(config)
+    record = path.with_name(path.name + ".sha256")
     if path.is_file() and not retrain:
+        expected = record.read_text().strip() if record.is_file() else None
+        if expected != sha256_of(path):
+            raise ValueError(f"the cached model {path} is not the file xcf wrote ("
+                             + ("no checksum recorded" if expected is None else "its sha256 changed: truncated or edited")
+                             + "); delete it or retrain (retrain=True, --retrain); nothing was loaded")
         payload = load_state(path)
         model.load_state_dict(payload["state_dict"])
         return model.eval(), payload["metrics"]
     metrics = train(model) or {}
     model.eval()
     save_model(model, path, config, metrics)
+    text = sha256_of(path) + "\n"
+    atomic_write(record, lambda fh: fh.write(text.encode()))
     return model, metrics
 
 

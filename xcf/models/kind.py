@@ -14,7 +14,9 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ModelKind", "check_budget", "check_images", "epochs_for", "seeded", "split_budget"]
+from xcf._validation import check_image_size
+
+__all__ = ["ModelKind", "check_budget", "check_images", "epochs_for", "seeded", "split_budget", "square_side"]
 
 
 def seeded(seed: int, make: Callable[[], nn.Module]) -> nn.Module:
@@ -100,3 +102,12 @@ def split_budget(config: dict[str, Any], max_seconds: Optional[float]) -> tuple[
     train = dict(config["train"])
     cap = train.pop("max_seconds", None)
     return train, check_budget(max_seconds if max_seconds is not None else cap)
+
+
+def square_side(shape: tuple[int, int, int], what: str) -> tuple[int, int]:
+    """``(channels, side)`` of square images of ``shape`` whose side the convolutional ``what`` can take (a
+    multiple of 4), or a clear error."""
+    c, h, w = shape
+    if h != w:
+        raise ValueError(f"the recommended {what} takes square images, got {h}x{w}")
+    return int(c), check_image_size(h)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from xcf._validation import check_image_size
 from xcf.models.gan import nested
-from xcf.models.kind import ModelKind, epochs_for, seeded, split_budget
+from xcf.models.kind import ModelKind, epochs_for, seeded, split_budget, square_side
 from xcf.models.training import TrainContext, fit
 
 __all__ = ["KIND", "VAE", "build_vae", "negative_elbo", "train_vae", "vae_loss", "vae_recipe"]
@@ -190,10 +190,7 @@ def vae_recipe(shape: tuple[int, int, int], n: int = 4000) -> dict[str, Any]:
         >>> vae_recipe((1, 8, 8))["model"]
         {'latent_dim': 16, 'image_size': 8, 'channels': 1, 'width': 32}
     """
-    c, h, w = shape
-    if h != w:
-        raise ValueError(f"the recommended VAE takes square images, got {h}x{w}")
-    side = check_image_size(h)
+    c, side = square_side(shape, "VAE")
     return {"model": {"latent_dim": 16 if side <= 8 else 32, "image_size": side, "channels": int(c), "width": 32},
             "train": {"epochs": epochs_for(n, 150_000, 10, 200), "lr": 2e-3, "batch_size": 64, "beta": 0.25},
             "seed": 0, "version": 1}
