@@ -56,7 +56,7 @@ def test_files_of_xcf_0_2_still_load(tmp_path):
     old_flow = flow_recipe((1, 8, 8), levels=17, n=50)
     old_flow["kind"] = old_flow["model"].pop("architecture")
     old_flow["model"].update(hidden=8, steps_per_scale=1)
-    for name, model, cfg, role in (("gan", build_gan(gan_recipe((1, 8, 8))), flat_gan, "generator"),
+    for name, model, cfg, role in (("gan", build_gan(flat_gan), flat_gan, "generator"),  # 0.2 GANs had no encoder
                                    ("vae", build_vae(vae_recipe((1, 8, 8))), flat_vae, "generator"),
                                    ("flow", build_flow({**old_flow, "model": {**old_flow["model"], "architecture": "glow"}}),
                                     old_flow, "flow")):

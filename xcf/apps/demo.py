@@ -160,7 +160,7 @@ def run_demo(
     target = (y + 3) % 10
     audited_bpd = check_flow_fit(flow, x, flow_metrics["test_bits_per_dim"])  # warns if the flow does not fit x
     explainers = build_explainers(classifier, methods, flow=flow, gan=gan, vae=vae, seed=seed,
-                                  flow_confidence=MNIST_CONFIDENCE if data == "mnist" else None)
+                                  generative_confidence=MNIST_CONFIDENCE if data == "mnist" else None)
 
     # On-manifold share: the GAN's tangent space at the inverted code of each input (deterministic per input).
     # On MNIST this second inversion of every input would double the run time of the approximate method; left out.

@@ -57,7 +57,7 @@ def build_explainers(
     gan: Any = None,
     vae: Any = None,
     seed: int = 0,
-    flow_confidence: Optional[float] = None,
+    generative_confidence: Optional[float] = None,
     confidence: Optional[float] = None,
 ) -> dict[str, Any]:
     """``{method: explainer}`` for ``methods`` (see :data:`METHODS`), each with the models it needs.
@@ -69,9 +69,10 @@ def build_explainers(
         gan: the generator (with ``latent_dim``) of ``"approximate (GAN)"``.
         vae: the VAE (``decoder``, ``encode``, ``latent_dim``) of ``"approximate (VAE)"``.
         seed: seed of the inversion starts.
-        flow_confidence: the diffeomorphic search's stopping confidence (default: the flow chart's, 0.99;
-            the MNIST demo uses 0.999999, chosen by the sweep in docs/mnist.md).
-        confidence: the stopping confidence of every method (overrides ``flow_confidence``), so that all
+        generative_confidence: the stopping confidence of the searches in a generative model's space
+            (diffeomorphic and approximate; default: their charts', 0.99); the MNIST demo uses 0.999999, chosen by
+            the sweeps in docs/mnist.md (flow) and docs/approximate.md (GAN and VAE latents).
+        confidence: the stopping confidence of every method (overrides ``generative_confidence``), so that all
             methods are held to the same bar.
     """
     if confidence is not None and not (isinstance(confidence, float) and 0.0 < confidence < 1.0):
@@ -83,12 +84,16 @@ def build_explainers(
         if role is not None and model is None:
             raise ValueError(f"method {method!r} needs a {role}")
         if method == "diffeomorphic":
-            explainers[method] = DiffeomorphicCounterfactual(classifier, flow, confidence=flow_confidence)
+            explainers[method] = DiffeomorphicCounterfactual(classifier, flow, confidence=generative_confidence)
         elif method == "approximate (GAN)":
-            explainers[method] = ApproximateCounterfactual(classifier, gan, (gan.latent_dim,), seed=seed)
+            # an xcf GAN carries the encoder its inversion starts from; another generator starts from 8 draws
+            explainers[method] = ApproximateCounterfactual(classifier, gan, (gan.latent_dim,), seed=seed,
+                                                           encoder=getattr(gan, "encoder", None),
+                                                           confidence=generative_confidence)
         elif method == "approximate (VAE)":
             explainers[method] = ApproximateCounterfactual(classifier, vae.decoder, (vae.latent_dim,),
-                                                           encoder=vae.encode, restarts=1, seed=seed)
+                                                           encoder=vae.encode, seed=seed,
+                                                           confidence=generative_confidence)
         else:
             explainers[method] = AdversarialCounterfactual(classifier)
         if confidence is not None:

@@ -17,6 +17,8 @@ entries):
 * ``on_manifold``: share of ``||delta||^2`` inside a tangent space of the data manifold (from a
   user-supplied callable, e.g. built on :mod:`xcf.evaluate.geometry`);
 * ``reconstruction_error``: RMS of ``decode(encode(x)) - x`` (non-zero for approximate charts);
+  ``poor_reconstruction``: 1 where the chart flagged it as too large (``result.info["poor_reconstruction"]``, a
+  generator's ``recon_threshold``): that counterfactual explains ``g(z0)``, not ``x``; its mean is the share;
 * ``time_ms``: wall time per counterfactual, in milliseconds.
 
 :func:`compare` averages them per method into a :class:`MetricsTable`.
@@ -62,6 +64,7 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "realism_nn_l2",
     "on_manifold",
     "reconstruction_error",
+    "poor_reconstruction",
     "time_ms",
 )
 
@@ -215,6 +218,9 @@ def counterfactual_metrics(
             raise ValueError(f"on_manifold_fn must return a tensor with one value per sample ({n})")
         out["on_manifold"] = frac.detach().reshape(-1).to(device=x.device, dtype=dtype)
     out["reconstruction_error"] = result.reconstruction_error.detach().to(dtype).reshape(-1)
+    poor = result.info.get("poor_reconstruction")
+    if isinstance(poor, Tensor) and poor.reshape(-1).shape[0] == n:
+        out["poor_reconstruction"] = poor.detach().reshape(-1).to(device=x.device, dtype=dtype)
     out["time_ms"] = torch.full((n,), 1000.0 * result.time_per_sample, dtype=dtype, device=x.device)
     return {k: out[k] for k in METRIC_COLUMNS if k in out}
 

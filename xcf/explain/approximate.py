@@ -42,9 +42,9 @@ class ApproximateCounterfactual(CounterfactualExplainer):
         generator: the user's generator ``z -> x`` (a GAN generator, a VAE's decoder, any module);
             must be in eval mode if it has BatchNorm.  It is not modified.
         latent_shape: the shape of one latent, e.g. ``(16,)``.
-        encoder: optional ``x -> z`` (or ``x -> (mu, logvar)``, e.g. ``vae.encode``) that starts one
-            of the inversion restarts.
-        restarts: inversion starts per sample.
+        encoder: optional ``x -> z`` (or ``x -> (mu, logvar)``, e.g. ``vae.encode``, or the ``encoder`` an xcf
+            GAN carries) that gives the inversion its first start.
+        restarts: inversion starts per sample (default: 1 with an encoder, else 8 random draws).
         recon_threshold: RMS error above which a sample is flagged as poorly reconstructed (see
             :class:`~xcf.charts.generator.GeneratorChart`; 0.15 suits images in ``[0, 1]``).
         output: ``"logits"`` (default), ``"probs"`` or ``"log_probs"``.
@@ -52,6 +52,9 @@ class ApproximateCounterfactual(CounterfactualExplainer):
             tolerance (RMS).
         tol: deprecated name of ``inversion_tol``.
         seed: seed of the random inversion starts (results are deterministic given it).
+        lr: the L2 step size of the ascent in the latent (default ``sqrt(d / 8)``, see
+            :class:`~xcf.charts.generator.GeneratorChart`).
+        confidence: the default stopping confidence (default 0.99; ``docs/approximate.md`` uses 0.999999 on MNIST).
 
     Example:
         >>> clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
@@ -71,7 +74,7 @@ class ApproximateCounterfactual(CounterfactualExplainer):
         latent_shape: LatentShape,
         *,
         encoder: Optional[Callable[[Tensor], Any]] = None,
-        restarts: int = 8,
+        restarts: Optional[int] = None,
         recon_threshold: float = 0.15,
         output: OutputKind = "logits",
         inversion_steps: int = 300,
@@ -79,11 +82,13 @@ class ApproximateCounterfactual(CounterfactualExplainer):
         inversion_tol: float = 1e-3,
         seed: int = 0,
         tol: Optional[float] = None,
+        lr: Optional[float] = None,
+        confidence: Optional[float] = None,
     ):
         chart = GeneratorChart(
             generator, latent_shape, encoder=encoder, restarts=restarts, recon_threshold=recon_threshold,
             inversion_steps=inversion_steps, inversion_lr=inversion_lr, inversion_tol=inversion_tol, seed=seed,
-            tol=tol,
+            tol=tol, lr=lr, confidence=confidence,
         )
         super().__init__(forward_func, chart, output=output)
         self.generator = generator

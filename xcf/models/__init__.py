@@ -13,6 +13,7 @@
 """
 
 from xcf.models.classifier import DigitsCNN, accuracy, build_classifier, classifier_recipe, train_classifier
+from xcf.models.encoder import LatentEncoder, fit_encoder, train_encoder
 from xcf.models.flow_training import bits_per_dim, build_flow, flow_recipe, infer_levels, train_flow
 from xcf.models.flows import BoundedAffineCoupling, Dequantize, Logit, glow_flow, realnvp_flow
 from xcf.models.gan import DCGANDiscriminator, DCGANGenerator, build_gan, gan_recipe, train_gan
@@ -61,6 +62,9 @@ __all__ = [
     "flow_recipe",
     "build_flow",
     "DCGANGenerator",
+    "LatentEncoder",
+    "fit_encoder",
+    "train_encoder",
     "DCGANDiscriminator",
     "gan_recipe",
     "build_gan",

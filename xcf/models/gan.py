@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xcf._validation import check_image_size
+from xcf.models.encoder import LatentEncoder, encoder_epochs, train_encoder
 from xcf.models.kind import ModelKind, epochs_for, seeded, split_budget, square_side
 from xcf.models.training import TrainContext, fit
 
@@ -43,6 +44,9 @@ class DCGANGenerator(nn.Module):
         image_size: height and width, a multiple of 4 (8 for the digits, 28 for MNIST, 32, ...).
         channels: image channels.
         width: base number of feature maps.
+        encoder_width: if given, the generator carries ``encoder``, a :class:`~xcf.models.encoder.LatentEncoder`
+            of that width (``x -> z``) that :func:`fit_gan` trains after the generator; approximate counterfactuals
+            start their inversion from it.  ``None``: no encoder (``encoder`` is ``None``).
 
     Inputs ``(N, d)`` or ``(N, d, 1, 1)``; outputs ``(N, channels, image_size, image_size)`` in ``[0, 1]``.
 
@@ -52,7 +56,8 @@ class DCGANGenerator(nn.Module):
         torch.Size([5, 1, 8, 8])
     """
 
-    def __init__(self, latent_dim: int, image_size: int = 8, channels: int = 1, width: int = 32):
+    def __init__(self, latent_dim: int, image_size: int = 8, channels: int = 1, width: int = 32,
+                 encoder_width: Optional[int] = None):
         super().__init__()
         if latent_dim < 1 or channels < 1 or width < 1:
             raise ValueError(
@@ -75,6 +80,10 @@ class DCGANGenerator(nn.Module):
             nn.ConvTranspose2d(2 * width, channels, 4, 2, 1),
             nn.Sigmoid(),
         )
+        # built after the generator's layers, so that their initialisation does not depend on it
+        self.encoder: Optional[LatentEncoder] = (
+            None if encoder_width is None else LatentEncoder(self.latent_dim, self.image_size, self.channels,
+                                                             int(encoder_width)))
 
     def forward(self, z: Tensor) -> Tensor:
         if z.ndim < 2 or z[0].numel() != self.latent_dim:
@@ -289,21 +298,25 @@ def train_gan(
 
 
 # -------------------------------------------------------------------------------------- the GAN kind
-_MODEL_KEYS = ("latent_dim", "image_size", "channels", "width")
+_MODEL_KEYS = ("latent_dim", "image_size", "channels", "width", "encoder_width")
+#: the training settings of the generator's encoder, trained after the generator (:func:`train_encoder`)
+_ENCODER_KEYS = {"encoder_epochs": "epochs", "encoder_lr": "lr", "encoder_recon_weight": "recon_weight"}
 
 
 def gan_recipe(shape: tuple[int, int, int], n: int = 4000) -> dict[str, Any]:
-    """The recommended DCGAN for square images of ``shape``: latent 16 for sides up to 8, else 32.
+    """The recommended DCGAN for square images of ``shape``: latent 16 for sides up to 8, else 32, with an
+    encoder (:class:`~xcf.models.encoder.LatentEncoder`, width 32) trained after the generator.
 
     Example:
         >>> gan_recipe((1, 28, 28))["model"]
-        {'latent_dim': 32, 'image_size': 28, 'channels': 1, 'width': 32}
+        {'latent_dim': 32, 'image_size': 28, 'channels': 1, 'width': 32, 'encoder_width': 32}
     """
     c, side = square_side(shape, "GAN")
     return {"model": {"latent_dim": 16 if side <= 8 else 32, "image_size": side, "channels": int(c),
-                      "width": 16 if side <= 8 else 32},
+                      "width": 16 if side <= 8 else 32, "encoder_width": 32},
             "train": {"loss": "ns", "epochs": epochs_for(n, 250_000, 10, 300), "lr": 5e-4, "batch_size": 64,
-                      "ema": 0.999},
+                      "ema": 0.999, "encoder_epochs": encoder_epochs(n), "encoder_lr": 1e-3,
+                      "encoder_recon_weight": 10.0},
             "seed": 0, "version": 1}
 
 
@@ -329,14 +342,36 @@ def _train(G: nn.Module, cfg: dict[str, Any], x: Tensor, y: Optional[Tensor], x_
     model = cfg["model"]
     D = seeded(int(cfg["seed"]) + 1, lambda: DCGANDiscriminator(model["image_size"], model["channels"], model["width"]))
     settings, budget = split_budget(cfg, max_seconds)
+    encoder = {_ENCODER_KEYS[k]: settings.pop(k) for k in list(settings) if k in _ENCODER_KEYS}
     history = train_gan(G, D.to(x.device), x, seed=int(cfg["seed"]), progress=progress, max_seconds=budget, **settings)
-    return {"d_loss": history["d_loss"][-1], "g_loss": history["g_loss"][-1], "epochs": history["epochs"],
-            "capped": bool(history.get("capped", False)), "train_seconds": history["seconds"]}
+    metrics = {"d_loss": history["d_loss"][-1], "g_loss": history["g_loss"][-1], "epochs": history["epochs"],
+               "capped": bool(history.get("capped", False)), "train_seconds": history["seconds"]}
+    if getattr(G, "encoder", None) is not None:
+        metrics.update(train_generator_encoder(G, x, x_test, seed=int(cfg["seed"]), progress=progress,
+                                               **{"epochs": encoder_epochs(x.shape[0]), **encoder}))
+    return metrics
+
+
+def train_generator_encoder(G: DCGANGenerator, x: Tensor, x_test: Optional[Tensor] = None, *, epochs: int,
+                            lr: float = 1e-3, recon_weight: float = 10.0, seed: int = 0,
+                            progress: bool = False) -> dict[str, Any]:
+    """Train ``G.encoder`` to invert the trained ``G`` (:func:`~xcf.models.encoder.train_encoder`, seeded with
+    ``seed + 2``); with ``x_test``, record the RMS error of ``G(E(x_test))``, the inversion's starting error."""
+    if G.encoder is None:
+        raise ValueError("this generator has no encoder (built without encoder_width)")
+    G.eval()
+    out = train_encoder(G.encoder, G, x, epochs=epochs, lr=lr, recon_weight=recon_weight, seed=seed + 2,
+                        progress=progress)
+    metrics = {"encoder_recon_rms": out["recon_rms"], "encoder_seconds": out["seconds"]}
+    if x_test is not None:
+        with torch.no_grad():
+            metrics["encoder_test_rms"] = float((G(G.encoder(x_test)) - x_test).flatten(1).pow(2).mean(1).sqrt().mean())
+    return metrics
 
 
 KIND = ModelKind(
     name="gan", architecture="DCGANGenerator", summary="a DCGAN generator for approximate counterfactuals",
     roles=("generator",), recipe=lambda shape, n, levels, n_classes: gan_recipe(shape, n),
     build=build_gan, train=_train, test_metric="frechet_distance_pca",
-    smoke={"train": {"epochs": 1}},
+    smoke={"train": {"epochs": 1, "encoder_epochs": 1}},
 )

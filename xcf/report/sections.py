@@ -53,7 +53,10 @@ _METRICS_TEXT = (
     "with the target label; l1/l2: size of x' − x; sparsity: share of entries changed by more than 0.01; "
     "out_of_range(_pixels): share of counterfactuals (of pixels) outside the data range; realism_bpd: bits "
     "per dimension of x' under the realism judge (lower is more realistic); on_manifold: share of "
-    "||x' − x||² in the generator's tangent space at x; score: the target's probability at x'."
+    "||x' − x||² in the generator's tangent space at x; reconstruction_error: RMS of g(z0) − x, where the "
+    "search started (0 for exact charts); poor_reconstruction: share of inputs whose reconstruction misses them "
+    "(RMS above the generator's threshold, 0.15): their counterfactuals explain g(z0), not the input; score: the "
+    "target's probability at x'."
 )
 
 
@@ -140,6 +143,12 @@ def audit_report(
     report.text(_METRICS_TEXT)
     report.table([{"method": m, **{k: v for k, v in row.items() if k != "nonfinite"}}
                   for m, row in table.to_dict().items()])
+    poor = {m: row["poor_reconstruction"] for m, row in table.to_dict().items()
+            if isinstance(row.get("poor_reconstruction"), float) and row["poor_reconstruction"] > 0}
+    if poor:
+        report.text("Reconstruction misses the input: " + "; ".join(
+            f"{m}: {share:.1%} of the inputs (their counterfactuals explain the generator's reconstruction g(z0), "
+            "not the input; see the per-image rms in the grids above)" for m, share in poor.items()))
     if non_finite:
         report.text("Values that were NaN or infinite and are left out of the means above: " + "; ".join(
             f"{m}: " + ", ".join(f"{k} {c}" for k, c in counts.items()) for m, counts in non_finite.items()))
