@@ -172,3 +172,14 @@ def test_a_folder_prefix_is_spread_over_every_class(tmp_path):
     assert len(data) == 6 and sorted(set(data.labels().tolist())) == [0, 1, 2]
     assert data.labels().tolist() == data.tensors()[1].tolist()
     assert open_images(tmp_path / "f").labels().tolist() == np.sort(y).tolist()
+
+
+def test_a_truncated_image_names_its_file_when_it_is_decoded(tmp_path):
+    rng = np.random.default_rng(2)
+    x, y = rng.integers(0, 256, (6, 16, 16), dtype=np.uint8), np.arange(6) % 2
+    root = write_folder(tmp_path / "f", x, y)
+    bad = root / "1" / "0003.png"
+    bad.write_bytes(bad.read_bytes()[:-40])  # the header is intact: the listing accepts it, decoding fails
+    data = open_images(root)
+    with pytest.raises(ValueError, match=r"0003\.png cannot be decoded"):
+        data.tensors()

@@ -187,8 +187,11 @@ class _FolderImages(Dataset):
         from PIL import Image
 
         path, label = self.samples[i]
-        with Image.open(path) as img:
-            a = np.asarray(img.convert(self.mode), dtype=np.uint8)
+        try:
+            with Image.open(path) as img:
+                a = np.asarray(img.convert(self.mode), dtype=np.uint8)
+        except (OSError, ValueError, SyntaxError) as e:  # PIL: truncated data, bad chunks, changed since listing
+            raise ValueError(f"{path} cannot be decoded: {' '.join(str(e).split())}") from None
         x = torch.from_numpy(a.copy()).float().div_(255.0)
         return (x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1).contiguous()), label
 
