@@ -118,7 +118,7 @@ def bad_npz(tmp_path, kind):
     x, y = grey(n=4)
     arrays = {
         "no x": {"images": x},
-        "channels last": {"x": np.zeros((4, 8, 8, 3), np.uint8)},
+        "channels ambiguous": {"x": np.zeros((4, 3, 8, 3), np.uint8)},  # 3 channels on axis 1 and on the last
         "float out of range": {"x": x.astype(np.float32)},
         "nan": {"x": np.full((4, 8, 8), np.nan, np.float32)},
         "int16": {"x": x.astype(np.int16)},
@@ -139,14 +139,14 @@ def bad_npz(tmp_path, kind):
 
 @pytest.mark.parametrize("kind, message", [
     ("no x", r"holds the arrays \['images'\] but no 'x'"),
-    ("channels last", "looks like \\(N, H, W, C\\)"),
+    ("channels ambiguous", "say which with --layout nchw or --layout nhwc"),
     ("float out of range", "float 'x' must lie in \\[0, 1\\]"),
     ("nan", "NaN or infinite"),
     ("int16", "must be uint8"),
     ("short y", "'y' must hold 4 integer class indices"),
     ("negative y", "negative class index"),
     ("few classes", "'classes' names only 1"),
-    ("one d", "must have shape \\(N, C, H, W\\)"),
+    ("one d", "must have shape \\(N, C, H, W\\), \\(N, H, W, C\\)"),
     ("object array", "object arrays are refused"),
     ("not npz", "expected a folder of class sub-folders or an .npz"),
 ])

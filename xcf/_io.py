@@ -1,7 +1,8 @@
 """Files and names: the one atomic write, the one content hash, the one slug, the one number format.
 
 Every module that writes a file a later run may trust (store shards, model files, reports) writes it
-with :func:`atomic_write`; every fingerprint of weights or data is :func:`fingerprint_modules` /
+with :func:`atomic_write`, and every command checks where it will write with :func:`check_writable_path`
+before any work; every fingerprint of weights or data is :func:`fingerprint_modules` /
 :func:`fingerprint_tensors`; every name turned into a file name or an array key goes through
 :func:`slug`; every number shown to a person goes through :func:`format_number`.
 """
@@ -20,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["TMP_PREFIX", "atomic_write", "fingerprint_modules", "fingerprint_tensors", "format_number", "slug"]
+__all__ = ["TMP_PREFIX", "atomic_write", "check_writable_path", "fingerprint_modules", "fingerprint_tensors",
+           "format_number", "slug"]
 
 #: prefix of the temporary files :func:`atomic_write` creates (never read; safe to delete)
 TMP_PREFIX = ".tmp-"
@@ -37,6 +39,47 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def check_writable_path(path: str | os.PathLike, what: str, *, folder: bool) -> Path:
+    """Refuse, before any work and without creating anything, a ``path`` that could not be written later: a
+    file where a folder must be (``path`` or one of the folders above it), a folder where the file must be, a
+    folder xcf may not write into.
+
+    Args:
+        path: the folder (``folder=True``) or file to write; missing folders above it will be created.
+        what: how the message names it (``"--out"``).
+        folder: whether ``path`` is a folder.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path` (``~`` expanded).
+
+    Raises:
+        ValueError: one sentence naming ``path`` and the problem.
+
+    Example:
+        >>> import tempfile
+        >>> blocker = Path(tempfile.mkdtemp()) / "file"; _ = blocker.write_text("x")
+        >>> try:
+        ...     check_writable_path(blocker / "model.pt", "--out", folder=False)
+        ... except ValueError as e:
+        ...     print(str(e).rsplit('/', 1)[-1])
+        file is a file, not a folder, so nothing can be written under it
+    """
+    path = Path(path).expanduser()
+    if path.exists() and folder != path.is_dir():
+        raise ValueError(f"{what} {path} exists and is not a folder" if folder else
+                         f"{what} {path} is a folder; give the file to write (e.g. {path / 'model.pt'})")
+    existing = path
+    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
+        existing = existing.parent
+    if existing != path and not existing.is_dir():
+        raise ValueError(f"{what} {path}: {existing} is {'a file' if existing.is_file() else 'not a folder'}, not a "
+                         "folder, so nothing can be written under it")
+    into = existing if existing.is_dir() else existing.parent
+    if not os.access(into, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path}: cannot write into {into} (permission denied)")
+    return path
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:

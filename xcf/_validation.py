@@ -7,6 +7,7 @@ the work in :func:`preserved`, which restores what torch lets a computation chan
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 
 from xcf._typing import TargetType
 
-__all__ = ["as_target_tensor", "check_int", "check_model_output", "check_number", "check_same_dtype_device", "check_inputs", "check_module_mode", "format_inputs", "modules_of", "preserved"]
+__all__ = ["as_target_tensor", "check_int", "check_model_output", "check_number", "check_output_kind", "check_same_dtype_device", "check_inputs", "check_module_mode", "format_inputs", "modules_of", "preserved"]
 
 _BATCHNORM = (nn.modules.batchnorm._BatchNorm,)
 _DROPOUT = (nn.modules.dropout._DropoutNd,)
@@ -192,6 +193,47 @@ def check_model_output(output: Any, n: int, role: str = "classifier") -> Tensor:
         bad = (~finite).reshape(n, -1).any(dim=1).nonzero().flatten().tolist()
         raise ValueError(f"the {role} returned NaN or Inf for samples {bad[:10]}{'...' if len(bad) > 10 else ''}")
     return output
+
+
+def check_output_kind(output: Tensor, kind: str, *, strict: bool = False, option: str = "output",
+                      who: str = "the classifier", stacklevel: int = 2) -> None:
+    """Tell logits from probabilities: what a classifier returns must fit the kind it is declared to return.
+
+    Probabilities (values in ``[0, 1]``, rows summing to 1) declared as ``"logits"`` give a ``UserWarning`` (the
+    Python API: legal, almost certainly a mistake) or, with ``strict``, a ``ValueError`` (the command line);
+    declared as ``"log_probs"``, values outside ``[0, 1]`` declared as ``"probs"``, and other positive values
+    declared as ``"log_probs"`` a ``ValueError``.  Each message names the declaration to use instead.
+
+    Args:
+        output: the classifier's ``(N, classes)`` output.
+        kind: the declared kind: ``"logits"``, ``"probs"`` or ``"log_probs"``.
+        strict: refuse probabilities declared as logits instead of warning.
+        option: how the user declares it: ``"output"`` (``output='probs'``) or ``"--output"`` (``--output probs``).
+        who: the model, as the message names it.
+        stacklevel: of the warning, as for :func:`warnings.warn` (counted from the caller).
+    """
+    def declare(k: str) -> str:
+        return f"--output {k.replace('_', '-')}" if option == "--output" else f"output={k!r}"
+
+    if output.ndim != 2 or output.numel() == 0 or not output.is_floating_point():
+        return
+    output = output.detach()
+    lo, hi = float(output.min()), float(output.max())
+    probabilities = output.shape[1] > 1 and lo >= 0.0 and hi <= 1.0 and \
+        bool(torch.allclose(output.sum(dim=1), torch.ones_like(output[:, 0]), atol=1e-3))
+    if kind != "probs" and probabilities:
+        message = (f"{who}'s outputs look like probabilities (values in [0, 1], rows summing to 1) but "
+                   f"{declare(kind)} treats them as {kind.replace('_', '-')}, so no target can reach a high "
+                   f"confidence; pass {declare('probs')}")
+        if strict or kind == "log_probs":
+            raise ValueError(message)
+        warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
+    elif kind == "probs" and (lo < -1e-6 or hi > 1.0 + 1e-6):
+        raise ValueError(f"{declare('probs')} but {who} returns values in [{lo:.3g}, {hi:.3g}], outside [0, 1]: "
+                         f"are they logits? pass {declare('logits')}")
+    elif kind == "log_probs" and hi > 1e-6:
+        raise ValueError(f"{declare('log_probs')} but {who} returns values up to {hi:.3g} > 0: are they logits? "
+                         f"pass {declare('logits')}")
 
 
 def _first_parameter(obj: Any) -> Optional[Tensor]:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from xcf._typing import OutputKind, TargetType
-from xcf._validation import as_target_tensor, check_number
+from xcf._validation import as_target_tensor, check_number, check_output_kind
 
 __all__ = ["Objective", "ClassTarget", "ScalarTarget", "OutputKind", "TargetType", "as_target_tensor"]
 
@@ -51,22 +51,10 @@ def log_probabilities(output: Tensor, kind: OutputKind) -> Tensor:
 
 
 def _check_output_kind(output: Tensor, kind: OutputKind) -> None:
-    """Tell logits from probabilities: a warning when probabilities come as ``"logits"``, an error when values
-    outside the declared kind's range come as ``"probs"`` or ``"log_probs"``."""
-    if output.numel() == 0 or not output.is_floating_point():
-        return
-    lo, hi = float(output.min()), float(output.max())
-    rows_sum_to_one = bool(torch.allclose(output.sum(dim=1), torch.ones_like(output[:, 0]), atol=1e-3))
-    if kind == "logits" and lo >= 0.0 and hi <= 1.0 and rows_sum_to_one and output.shape[1] > 1:
-        warnings.warn("the classifier's outputs look like probabilities (values in [0, 1], rows summing to 1) but "
-                      "output='logits' treats them as logits, so no target can reach a high confidence; pass "
-                      "output='probs'", UserWarning, stacklevel=4)
-    elif kind == "probs" and (lo < -1e-6 or hi > 1.0 + 1e-6):
-        raise ValueError(f"output='probs' but the classifier returns values in [{lo:.3g}, {hi:.3g}], outside [0, 1]: "
-                         "are they logits? pass output='logits'")
-    elif kind == "log_probs" and hi > 1e-6:
-        raise ValueError(f"output='log_probs' but the classifier returns values up to {hi:.3g} > 0: are they logits? "
-                         "pass output='logits'")
+    """Tell logits from probabilities (:func:`xcf._validation.check_output_kind`): a warning when probabilities
+    come as ``"logits"``, an error when values outside the declared kind's range come as ``"probs"`` or
+    ``"log_probs"``."""
+    check_output_kind(output, kind, stacklevel=4)
 
 
 class ClassTarget:

@@ -22,14 +22,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from xcf._io import atomic_write
+from xcf._io import atomic_write, check_writable_path
 from xcf.apps.audit import AuditOutcome, audit
 from xcf.apps.fitting import FIT_MINUTES, check_fit, fitted
 from xcf.apps.methods import METHODS, build_explainers, check_methods, flow_nll, pixelcnn_nll, reference_model
 from xcf.charts import FlowChart
 from xcf.datasets.files import BUILTIN, ImageData, open_images
 from xcf.evaluate.quality import frechet_distance, pca_features
-from xcf.models.loading import LoadedModel, load_model, probe_classifier
+from xcf.models.loading import OUTPUTS, LoadedModel, as_logits, load_model, probe_classifier
 from xcf.scale.batches import RunnerUp, TargetRule, shift_target
 from xcf.scale.distributed import init_distributed, pick_device
 from xcf.scale.precision import accelerate
@@ -77,6 +77,14 @@ def parse_target(text: Optional[str], data: ImageData, n_classes: int, classifie
     except (ValueError, OSError) as e:
         raise ValueError(f"--target {path}: cannot read one class per image: {' '.join(str(e).split())}") from None
     values = np.asarray(values).reshape(-1)
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        bad = np.flatnonzero(~np.isfinite(values))
+        raise ValueError(f"--target {path} holds {'NaN' if np.isnan(values[bad[0]]) else 'infinite values'} (at "
+                         f"position {int(bad[0])}{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}): it must hold "
+                         f"{len(data)} integer classes, one per image")
+    if values.dtype.kind not in "iufb":
+        raise ValueError(f"--target {path} holds {values.dtype} values; it must hold {len(data)} integer classes, one "
+                         "per image")
     if values.shape[0] != len(data) or not np.all(np.mod(values, 1) == 0):
         raise ValueError(f"--target {path} must hold {len(data)} integer classes (one per image), got "
                          f"{values.shape[0]} values{'' if np.all(np.mod(values, 1) == 0) else ' with fractions'}")
@@ -166,6 +174,8 @@ def run_audit(
     fit: Sequence[str] = (),
     fit_minutes: Optional[float] = FIT_MINUTES,
     channels: Optional[int] = None,
+    layout: str | None = None,
+    output: str = "logits",
     flow_kind: Optional[str] = None,
     cache_dir: Optional[str | Path] = None,
     quick: bool = False,
@@ -208,6 +218,11 @@ def run_audit(
             resumed audit reuses them while the training data is unchanged.
         fit_minutes: wall-clock budget of each fitted model (default :data:`FIT_MINUTES`).
         channels: read the images as greyscale (1) or RGB (3).
+        layout: the channel order of ``.npz`` files (``data`` and ``train_data``), ``"nchw"`` or ``"nhwc"``
+            (default: from the shape; see :func:`~xcf.datasets.files.open_images`).
+        output: what ``classifier_file`` returns (:data:`~xcf.models.loading.OUTPUTS`): ``"logits"`` (default),
+            ``"probs"`` (xcf then searches on their logarithm, :func:`~xcf.models.loading.as_logits`) or
+            ``"log_probs"``; outputs that look like another kind than declared are refused before anything runs.
         flow_kind: deprecated alias of ``flow="realnvp"|"glow"``.
         cache_dir: the reference-model cache.
         quick: tiny reference models trained into the cache instead of the shipped weights (a smoke test).
@@ -226,11 +241,19 @@ def run_audit(
         if target is not None:
             raise ValueError("give --target or --target-shift, not both")
         target = f"+{target_shift}" if target_shift >= 0 else str(target_shift)
-    images = open_images(data, channels=channels, n=n)
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {list(OUTPUTS)}, got {output!r}")
+    check_writable_path(out_dir, "--out", folder=True)
+    if cache_dir is not None and (quick or retrain):
+        check_writable_path(cache_dir, "--cache", folder=True)
+    images = open_images(data, channels=channels, n=n, layout=layout)
     digits = images.source.startswith("digits")
     if classifier_file is None and not digits:
         raise ValueError(f"--classifier is required for {images.source}: the reference classifier exists for the "
                          "digits built-ins only")
+    if classifier_file is None and output != "logits":
+        raise ValueError(f"--output {output.replace('_', '-')} describes --classifier; the reference digits classifier "
+                         "returns logits")
     if flow in _DIGITS_FLOWS and not digits:
         raise ValueError(f"--flow {flow} names a digits reference flow; for {images.source} give a flow file "
                          "(xcf train flow) or a factory")
@@ -241,7 +264,7 @@ def run_audit(
     fit = check_fit(fit, flow, generator)
     train_spec = train_data if train_data is not None else _TRAIN_OF.get(images.source) if digits or \
         images.source.startswith("mnist") else None
-    train = open_images(train_spec, channels=images.shape[0]) if train_spec is not None else None
+    train = open_images(train_spec, channels=images.shape[0], layout=layout) if train_spec is not None else None
     if train is not None and (train.shape != images.shape or not train.labelled):
         raise ValueError(f"--train-data {train.source} must hold labelled images of shape {images.shape}, got "
                          f"{train.shape}{'' if train.labelled else ' without labels'}")
@@ -258,7 +281,7 @@ def run_audit(
         _place([own, own_flow, gen, own_judge], dev)
         x2 = images.first(2).to(dev)
         if own is not None:
-            n_classes = probe_classifier(own.module, x2, f"--classifier {own.spec}")
+            n_classes = probe_classifier(own.module, x2, f"--classifier {own.spec}", output=output)
         _check_generative(own_flow.module if own_flow else None, gen, own_judge, x2, str(flow))
         show = progress and dist.rank == 0
 
@@ -275,7 +298,7 @@ def run_audit(
                 own_flow = model_fit
             else:
                 gen = model_fit
-        clf = own.module if own is not None else ref("digits-classifier")
+        clf = as_logits(own.module, output) if own is not None else ref("digits-classifier")
         n_classes = probe_classifier(clf, x2, "the classifier")
         rule = parse_target(target, images, n_classes, clf)
         labels = images.labels()
@@ -312,6 +335,8 @@ def run_audit(
                   "compile": compile, "classifier": described["classifier"] or "reference digits CNN",
                   "flow": described["flow"] or (flow or "realnvp" if "diffeomorphic" in methods else None),
                   "realism_judge": judge_name}
+        if output != "logits":  # a store made before --output existed keeps its configuration
+            config["classifier_output"] = output
         info = _info(images, train, [own, own_flow, gen, own_judge], judge_name, confidence)
         outcome = audit(
             fast, images.dataset, rule, explainers, out_dir, train=xy_train, nll_fn=nll_fn, batch_size=batch_size,

@@ -4,11 +4,15 @@
   (train or load the reference models, explain test images with every method, validate, write the
   report).
 - ``xcf audit``: a dataset-scale audit of your classifier on your images (``--data DIR|FILE.npz
-  --classifier FILE [--flow FILE] [--generator FILE]``), streamed batch by batch into an on-disk store,
+  --classifier FILE [--output logits|probs|log-probs] [--flow FILE] [--generator FILE]``), streamed batch by
+  batch into an on-disk store,
   resumable after a kill, and sharded over processes under ``torchrun --nproc_per_node N -m xcf audit ...``.
 - ``xcf train flow|gan|vae|classifier|pixelcnn``: the recommended model for your images, fitted and saved
   as an xcf model file.
 - ``xcf extrapolate``: knowledge extrapolation of the digits GAN, truncated vs plain updates.
+
+What xcf did to read the data (hidden files skipped, an alpha channel dropped:
+:class:`xcf.datasets.files.DataNote`) is one ``xcf CMD: note: ...`` line on stderr each.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from typing import NoReturn, Optional, Sequence
 
 from xcf.apps.fitting import FIT_MINUTES, FITTABLE, check_fit
 from xcf.apps.methods import METHODS, check_methods
+from xcf.datasets.files import LAYOUTS, DataNote
+from xcf.models.loading import OUTPUTS
 from xcf.models.registry import KINDS
 
 __all__ = ["main", "build_parser"]
@@ -41,6 +47,8 @@ def _demo(args: argparse.Namespace) -> int:
     from xcf.apps.demo import run_demo
 
     _threads(args)
+    if args.output != "logits" and getattr(args, "classifier", None) is None:
+        raise ValueError(f"--output {args.output} describes --classifier; the reference classifiers return logits")
     if args.data in COLOUR_DATA:
         if args.methods is not None or getattr(args, "classifier", None) is not None:
             raise ValueError(f"--data {args.data} audits its own colour and shape classifiers with the diffeomorphic "
@@ -65,6 +73,7 @@ def _demo(args: argparse.Namespace) -> int:
         classifier_file=getattr(args, "classifier", None),
         methods=methods,
         data=args.data,
+        output=_unspell(args.output),
     )
     print(json.dumps(summary, indent=2, default=str))
     print(f"wrote {args.out}/report.html, metrics.json, metrics.md and figures/")
@@ -80,7 +89,8 @@ def _audit(args: argparse.Namespace) -> int:
         confidence=args.confidence, target=args.target, target_shift=args.target_shift, methods=args.methods, classifier_file=args.classifier,
         flow=args.flow, generator=args.generator, judge=args.judge, train_data=args.train_data, fit=args.fit,
         fit_minutes=args.fit_minutes,
-        channels=args.channels, cache_dir=args.cache, quick=args.quick, retrain=args.retrain,
+        channels=args.channels, layout=args.layout, output=_unspell(args.output), cache_dir=args.cache,
+        quick=args.quick, retrain=args.retrain,
         num_workers=args.workers,
         overwrite=args.overwrite, precision=args.precision, compile=args.compile, device=args.device,
         max_batches=args.max_batches, progress=not args.no_progress,
@@ -105,7 +115,7 @@ def _train(args: argparse.Namespace) -> int:
     _threads(args)
     s = run_train(args.kind, args.data, args.out, test_data=args.test_data, max_minutes=args.max_minutes,
                   epochs=args.epochs, device=args.device, seed=args.seed, channels=args.channels,
-                  progress=not args.no_progress)
+                  layout=args.layout, progress=not args.no_progress)
     numbers = {k: v for k, v in s.items() if k.startswith(("test_", "train_", "frechet", "capped", "epochs"))}
     print(f"trained a {s['kind']} on {s['images']} images of shape {tuple(s['shape'])} from {s['trained_on']} "
           f"({s['test_images']} held out) in {s['wall_seconds']:.1f} s")
@@ -288,6 +298,24 @@ _DATA = ("a built-in set (" + ", ".join(("digits-test", "digits-all", "digits-sh
 def _channels(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels", type=int, choices=(1, 3), default=None,
                    help="read the images as greyscale (1) or RGB (3) (default: as the files are)")
+    p.add_argument("--layout", choices=LAYOUTS, default=None,
+                   help="the channel order of .npz arrays: nchw (N, C, H, W) or nhwc (N, H, W, C) (default: from "
+                        "the shape; an ambiguous one, such as (N, 3, 8, 3), is refused)")
+
+
+def _spell(output: str) -> str:
+    return output.replace("_", "-")  # log_probs in Python, log-probs on the command line
+
+
+def _unspell(output: str) -> str:
+    return output.replace("-", "_")
+
+
+def _output(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", choices=tuple(map(_spell, OUTPUTS)), default="logits",
+                   help="what --classifier returns: logits (default), probs (probabilities: xcf searches on their "
+                        "logarithm) or log-probs; outputs that look like probabilities while logits are declared "
+                        "are refused")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -309,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_int_at_least(1), default=None,
                    help="test images to explain (default: 100 digits, 200 MNIST digits; up to 450 and 1,000)")
     _model_args(p)
+    _output(p)
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("audit", help="audit a classifier on a data set: streamed, resumable, runs under torchrun")
@@ -330,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batches", type=_int_at_least(1), default=None,
                    help="compute at most this many new batches per process, then stop (resume later)")
     _model_args(p, audit=True)
+    _output(p)
     p.set_defaults(func=_audit)
 
     p = sub.add_parser("train", help="fit the recommended flow, GAN, VAE, classifier or PixelCNN on your images")
@@ -380,6 +410,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, or a bad option (one line already written)
         return int(e.code or 0)
+    show = warnings.showwarning
+
+    def note(message, category, filename, lineno, file=None, line=None):  # one line per DataNote
+        if issubclass(category, DataNote):
+            print(f"xcf {args.command}: note: {' '.join(str(message).split())}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = note
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -391,6 +430,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"xcf {args.command}: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = show
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from xcf.evaluate.manifold import on_manifold_fraction, tangent_space
 from xcf.evaluate.quality import frechet_distance, inception_score, pca_features
 from xcf.models.classifier import accuracy
 from xcf.models.flow_training import bits_per_dim, check_flow_fit
-from xcf.models.loading import load_model, probe_classifier
+from xcf.models.loading import as_logits, load_model, probe_classifier
 from xcf.report.figures import method_grid, rows_grid, save_figure
 from xcf.report.html import check_writable
 
@@ -97,6 +97,7 @@ def run_demo(
     classifier_file: Optional[str | Path] = None,
     methods: Optional[list[str]] = None,
     data: str = "digits",
+    output: str = "logits",
 ) -> dict[str, Any]:
     """Run the demo; write figures, ``metrics.json`` / ``metrics.md`` and ``report.html`` to ``out_dir``.
 
@@ -118,6 +119,8 @@ def run_demo(
         methods: a subset of ``"diffeomorphic"``, ``"approximate (GAN)"``, ``"approximate (VAE)"``,
             ``"adversarial"`` (default: all).
         data: ``"digits"`` (scikit-learn's 8x8 digits) or ``"mnist"`` (5,000 real 28x28 digits).
+        output: what ``classifier_file`` returns: ``"logits"``, ``"probs"`` or ``"log_probs"``
+            (:data:`xcf.models.loading.OUTPUTS`; probabilities are searched on their logarithm).
 
     Returns:
         The metrics summary (also written as JSON and Markdown).
@@ -132,7 +135,8 @@ def run_demo(
     x_test, y_test = load("test")
     if own is not None:  # fail before training or writing anything
         own = own.to(x_test.device)
-        classes = probe_classifier(own, x_test[:2], f"--classifier {classifier_file} (the {data} demo)")
+        classes = probe_classifier(own, x_test[:2], f"--classifier {classifier_file} (the {data} demo)", output=output)
+        own = as_logits(own, output)
         if classes != 10:
             raise ValueError(f"--classifier {classifier_file} has {classes} classes; the {data} demo has 10")
     out = check_writable(out_dir)

@@ -53,5 +53,5 @@ def fitted(kind: str, train: ImageData, out: Path, minutes: float, device: str, 
     if write:
         path.parent.mkdir(parents=True, exist_ok=True)
         run_train(kind, train.source, path, max_minutes=minutes, device=device, seed=seed,
-                  channels=train.shape[0], progress=progress)
+                  channels=train.shape[0], layout=train.layout, progress=progress)
     return load_model(str(path), role)

@@ -11,14 +11,17 @@ loads.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from xcf._io import check_writable_path
 from xcf.apps.models import frechet_of_generator
 from xcf.datasets.files import ImageData, open_images
 from xcf.models.flow_training import infer_levels
@@ -41,26 +44,48 @@ def _recipe(kind: str, data: ImageData, n: int) -> dict[str, Any]:
 
 
 def _check_out(out: str | os.PathLike) -> Path:
+    """The model file to write, refused before any training if it could not be written (a folder, a file where a
+    folder must be, a folder xcf may not write into)."""
     path = Path(out).expanduser()
     if path.is_dir():
         raise ValueError(f"--out {path} is a folder; give the model file to write (e.g. {path / 'model.pt'})")
-    parent = path.parent if str(path.parent) else Path(".")
-    if parent.exists() and not os.access(parent, os.W_OK):
-        raise ValueError(f"--out {path}: cannot write into {parent}")
-    return path
+    return check_writable_path(path, "--out", folder=False)
 
 
-def _split(x: Tensor, y: Optional[Tensor], seed: int) -> tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-    """A seeded hold-out of :data:`HOLDOUT` (stratified when labelled); none below 20 images."""
+def _holdout(y: Tensor | None, n: int, seed: int, labels_needed: bool) -> np.ndarray:
+    """The positions held out of ``n`` images: a seeded :data:`HOLDOUT` share, stratified over the classes that
+    have at least 2 images (a class of one image stays in training); where that share is smaller than the
+    number of those classes (40 images of 10 classes), one image of each of them.  Unstratified without labels,
+    or when every class has one image and the model does not learn the labels (a classifier is refused then)."""
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(n)
+    size = math.ceil(HOLDOUT * n)
+    labels = y.numpy() if y is not None else None
+    classes, counts = np.unique(labels, return_counts=True) if labels is not None else (None, None)
+    if labels is not None and counts.max() < 2 and labels_needed:
+        raise ValueError(f"every class of the {n} images has a single image, so none can be held out for the test "
+                         "numbers without losing its class from training: give --test-data")
+    if labels is None or counts.max() < 2:
+        return np.sort(train_test_split(index, test_size=size, random_state=seed)[1])
+    several = classes[counts >= 2]
+    eligible = index[np.isin(labels, several)]
+    if len(several) <= size <= len(eligible) - len(several):
+        return np.sort(train_test_split(eligible, test_size=size, random_state=seed, stratify=labels[eligible])[1])
+    rng = np.random.default_rng(seed)
+    return np.sort(np.asarray([rng.choice(np.flatnonzero(labels == c)) for c in several]))
+
+
+def _split(x: Tensor, y: Optional[Tensor], seed: int, labels_needed: bool = True
+           ) -> tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """A seeded hold-out (:func:`_holdout`); none below 20 images."""
     n = x.shape[0]
     if n < 20:
         return x, y, None, None
-    from sklearn.model_selection import train_test_split
-
-    index = torch.arange(n).numpy()
-    strat = y.numpy() if y is not None and int(torch.bincount(y).min()) >= 2 else None
-    train, test = train_test_split(index, test_size=HOLDOUT, random_state=seed, stratify=strat)
-    train, test = torch.as_tensor(sorted(train)), torch.as_tensor(sorted(test))
+    test = torch.as_tensor(_holdout(y, n, seed, labels_needed))
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[test] = False
+    train = keep.nonzero().flatten()
     return x[train], (y[train] if y is not None else None), x[test], (y[test] if y is not None else None)
 
 
@@ -75,6 +100,7 @@ def run_train(
     device: str = "auto",
     seed: int = 0,
     channels: Optional[int] = None,
+    layout: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Fit the recommended ``kind`` of model on ``data`` and write it to ``out`` (the engine of ``xcf train``).
@@ -83,13 +109,16 @@ def run_train(
         kind: one of :data:`KINDS`.
         data: a built-in name, an ImageFolder or an ``.npz`` (see :func:`xcf.datasets.files.open_images`).
         out: the model file to write (atomically, only once training finished).
-        test_data: held-out images for the test numbers (default: a seeded 10% of ``data``, none below 20 images).
+        test_data: held-out images for the test numbers (default: a seeded 10% of ``data``, stratified by class,
+            at least one image of each class with 2 or more; none below 20 images).
         max_minutes: wall-clock budget of the training (the learning-rate schedule still anneals).
         epochs: passes over the training images (default: the recipe's, about the same number of samples
             seen for any data size).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         seed: seed of the hold-out, the initialisation and the training.
         channels: read the images as greyscale (1) or RGB (3).
+        layout: the channel order of ``.npz`` files, ``"nchw"`` or ``"nhwc"`` (default: from the shape, see
+            :func:`~xcf.datasets.files.open_images`).
         progress: a progress bar.
 
     Returns:
@@ -111,8 +140,8 @@ def run_train(
         raise ValueError(f"max_minutes must be a number > 0, got {max_minutes!r}")
     path = _check_out(out)
     dev = pick_device(device)
-    images = open_images(data, channels=channels)
-    held = open_images(test_data, channels=images.shape[0]) if test_data is not None else None
+    images = open_images(data, channels=channels, layout=layout)
+    held = open_images(test_data, channels=images.shape[0], layout=layout) if test_data is not None else None
     if held is not None and held.shape != images.shape:
         raise ValueError(f"--test-data {held.source} has images of shape {held.shape}, --data {images.shape}")
     cfg = _recipe(kind, images, len(images))  # refuses shapes the architecture cannot take, before decoding
@@ -124,7 +153,7 @@ def run_train(
     if held is not None:
         x_test, y_test = held.tensors()
     else:
-        x, y, x_test, y_test = _split(x, y, seed)
+        x, y, x_test, y_test = _split(x, y, seed, get_kind(kind).labels)
     budget = max_minutes * 60.0 if max_minutes is not None else None
     x, x_test = x.to(dev), (x_test.to(dev) if x_test is not None else None)
     t0 = time.perf_counter()

@@ -29,11 +29,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from xcf._validation import check_output_kind
 from xcf.models.classifier import DigitsCNN  # noqa: F401  (the doctests use it)
 from xcf.models.io import FORMAT
 from xcf.models.registry import KINDS
 
-__all__ = ["ROLES", "LoadedModel", "load_model", "model_kind", "probe_classifier"]
+__all__ = ["OUTPUTS", "ROLES", "LoadedModel", "as_logits", "load_model", "model_kind", "probe_classifier"]
 
 #: what a model is loaded as, and what each role accepts
 ROLES = {
@@ -42,6 +43,8 @@ ROLES = {
     "generator": "a generator (a GAN generator with latent_dim, or a VAE with decoder, encode and latent_dim)",
     "judge": "a density model to judge realism (a PixelCNN or a flow)",
 }
+#: what a classifier can return (``--output`` spells them logits, probs, log-probs)
+OUTPUTS = ("logits", "probs", "log_probs")
 _FACTORY = re.compile(r"^(?P<module>[A-Za-z_][\w.]*|.+\.py):(?P<name>[A-Za-z_]\w*)$")
 
 
@@ -248,9 +251,23 @@ def _first_line(e: BaseException) -> str:
     return (text[:300] + "...") if len(text) > 300 else (text or type(e).__name__)
 
 
-def probe_classifier(classifier: Any, x: torch.Tensor, what: str = "the classifier") -> int:
+def probe_classifier(classifier: Any, x: torch.Tensor, what: str = "the classifier", *,
+                     output: str = "logits") -> int:
     """Run ``classifier`` on two sample images ``x`` and return its number of classes, or say in one sentence
-    why it does not take them (wrong input shape, wrong output, non-finite logits)."""
+    why it does not take them (wrong input shape, wrong output, non-finite values, outputs of another kind than
+    ``output`` declares: probabilities declared as logits are refused here, naming ``--output probs``).
+
+    Args:
+        classifier: the model as loaded (before :func:`as_logits`).
+        x: two of the data's images.
+        what: the model as the message names it (``--classifier FILE``).
+        output: what it is declared to return, one of :data:`OUTPUTS`.
+
+    Returns:
+        The number of classes.
+    """
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {list(OUTPUTS)}, got {output!r}")
     try:
         with torch.no_grad():
             logits = classifier(x)
@@ -265,4 +282,43 @@ def probe_classifier(classifier: Any, x: torch.Tensor, what: str = "the classifi
                          f"{x.shape[0]} images it returned {shape}")
     if not bool(torch.isfinite(logits).all()):
         raise ValueError(f"{what} returns NaN or infinite logits on the data's first images")
+    check_output_kind(logits.float(), output, strict=True, option="--output", who=what)
     return int(logits.shape[1])
+
+
+class _LogOfProbabilities(nn.Module):
+    """A classifier that returns probabilities, seen as one that returns log-probabilities (valid logits)."""
+
+    def __init__(self, classifier: Any):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.classifier(x)
+        return p.clamp_min(torch.finfo(p.dtype).tiny).log()
+
+
+def as_logits(classifier: Any, output: str) -> Any:
+    """``classifier`` as xcf sees every classifier: returning logits.  Log-probabilities are valid logits as they
+    are (``log_softmax`` leaves them unchanged); probabilities are wrapped to return ``log(p)`` (clamped at the
+    smallest positive float, so that a zero stays finite).
+
+    Args:
+        classifier: the model.
+        output: what it returns, one of :data:`OUTPUTS`.
+
+    Returns:
+        ``classifier`` itself for ``"logits"`` and ``"log_probs"``, else a module wrapping it (in its training
+        mode).
+
+    Example:
+        >>> m = as_logits(nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Softmax(1)), "probs")
+        >>> torch.allclose(m(torch.rand(2, 4)).exp().sum(1), torch.ones(2))
+        True
+    """
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {list(OUTPUTS)}, got {output!r}")
+    if output != "probs":
+        return classifier
+    wrapped = _LogOfProbabilities(classifier)
+    return wrapped.train(classifier.training) if isinstance(classifier, nn.Module) else wrapped
