@@ -42,9 +42,13 @@ def test_audit_writes_every_section(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["metrics"]) == {"pixel adam", "pixel l2"}
     assert "saliency" in summary["clever_hans"]["tiny"]
-    assert {"off_region", "hotspots"} <= set(summary["clever_hans"]["tiny"]["cf"])
-    assert "tiny: the flow was fitted on the tiny training set" in html and "off-region change per pixel" in html
+    cf = summary["clever_hans"]["tiny"]["cf"]
+    assert {"off_region", "hotspots", "verification"} <= set(cf) and cf["rule"] == "effect"
+    assert summary["clever_hans"]["tiny"]["saliency"]["rule"] == "localisation"  # no counterfactual to paste
+    assert {"sufficiency", "control", "interval", "verified"} <= set(cf["verification"])
+    assert "tiny: the flow was fitted on the tiny training set" in html and "sufficiency" in html
     assert set(summary["hotspots"]) == {"pixel adam", "pixel l2"}
+    assert {"hotspots", "best", "candidates"} <= set(summary["hotspots"]["pixel l2"]["1"])
     assert (out / "metrics.csv").read_text().startswith("method")
     assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
 

@@ -281,20 +281,30 @@ def fitted_watermark():
 
 
 @pytest.mark.slow
-def test_diffeomorphic_maps_find_the_watermark_with_a_flow_fitted_on_it(fitted_watermark):
-    from xcf.evaluate.hotspots import find_hotspots
+def test_diffeomorphic_counterfactuals_verify_the_watermark_with_a_flow_fitted_on_it(fitted_watermark):
+    from xcf.evaluate.causal import verify_hotspots
 
     s = fitted_watermark
-    verdicts, spots = {}, {}
+    verdicts, scans = {}, {}
     for name in ("shortcut", "clean"):
         explainer = xcf.DiffeomorphicCounterfactual(s[name], s["flow"], confidence=0.9999)
         result = explainer.counterfactual(s["others"], 7, steps=500)
         assert result.success_rate == 1.0
-        verdicts[name] = clever_hans_audit(result, s["others"], 7, s["region"])
-        # without the region: the mean map toward 7 has a hotspot exactly at the watermark, or none
-        spots[name] = find_hotspots(result.difference, torch.full((24,), 7), s["others"])[7]
+        verdicts[name] = clever_hans_audit(result, s["others"], 7, s["region"], classifier=s[name])
+        # without the region: the verified hotspot toward 7 is the watermark, or there is none
+        scans[name] = verify_hotspots(s[name], s["others"], result.counterfactual, 7)[7]
     shortcut, clean = verdicts["shortcut"], verdicts["clean"]
+    assert shortcut.rule == clean.rule == "effect"
     assert shortcut.flagged and not clean.flagged, (shortcut.explanation, clean.explanation)
-    assert shortcut.median >= 4 * clean.median and shortcut.median >= 3 * shortcut.baseline
+    assert shortcut.verification.effect > 3 * max(clean.verification.effect, 0.05)
     r, c = s["position"]
-    assert [h.box for h in spots["shortcut"]][:1] == [(r, c, r + 2, c + 2)] and spots["clean"] == []
+    assert scans["shortcut"].hotspots and scans["clean"].hotspots == []
+    assert _iou(scans["shortcut"].hotspots[0].box, (r, c, r + 2, c + 2)) >= 0.5
+
+
+def _iou(a, b):
+    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    area = lambda q: (q[2] - q[0]) * (q[3] - q[1])  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+

@@ -24,8 +24,8 @@ from torch.utils.data import Dataset, TensorDataset
 
 from xcf._io import atomic_write
 from xcf._validation import as_target_tensor, check_inputs
-from xcf.evaluate.cleverhans import AuditVerdict, audit_maps
-from xcf.evaluate.hotspots import Hotspot, find_hotspots, hotspots_of_maps
+from xcf.evaluate.causal import RegionScan, verify_hotspots
+from xcf.evaluate.cleverhans import AuditVerdict, clever_hans_audit
 from xcf.evaluate.maps import compare_attributions
 from xcf.evaluate.metrics import MetricsTable
 from xcf.evaluate.quality import judge_sets
@@ -53,6 +53,8 @@ class CleverHansCheck:
         region: bool mask of the suspected pattern.
         fitted_on: ``{generative model: the data it was fitted on}``, said in the report (a flow fitted on
             data without the pattern cannot draw it, so its counterfactuals could never show a shortcut).
+        reference: images of ``target_class`` (without the pattern): a verified region on their objects is a cue
+            of the class, not a shortcut (:func:`xcf.evaluate.causal.verify_hotspots`).
     """
 
     name: str
@@ -62,22 +64,33 @@ class CleverHansCheck:
     target_class: int
     region: Tensor
     fitted_on: Mapping[str, str] = field(default_factory=dict)
+    reference: Optional[Tensor] = None
 
 
 def clever_hans_check(check: CleverHansCheck, steps: Optional[int] = None
-                      ) -> tuple[dict[str, AuditVerdict], dict[str, Tensor], dict[str, list[Hotspot]]]:
-    """Saliency, Integrated Gradients and each explainer of ``check``, audited on ``check.region``, and the
-    hotspots each explanation's mean map shows *without* being told the region.
+                      ) -> tuple[dict[str, AuditVerdict], dict[str, Tensor], dict[str, RegionScan]]:
+    """Each explainer of ``check`` (and saliency, Integrated Gradients) audited on ``check.region``, and the hotspots
+    each counterfactual method shows *without* being told the region, both verified by their effect on the classifier.
+
+    Counterfactual methods are judged by effect (:func:`xcf.evaluate.causal.verify_region`,
+    :func:`~xcf.evaluate.causal.verify_hotspots`); saliency and Integrated Gradients, which have no counterfactual
+    to paste, by localisation only.
 
     Returns:
-        ``({explanation: verdict}, {explanation: maps}, {explanation: hotspots toward the class})``.
+        ``({explanation: verdict}, {explanation: maps}, {counterfactual method: RegionScan toward the class})``.
     """
-    kwargs = {"steps": steps} if steps is not None else None
-    maps = compare_attributions(check.classifier, check.x, check.target_class, dict(check.explainers),
-                                explainer_kwargs=kwargs)
-    target = torch.full((check.x.shape[0],), int(check.target_class))
-    spots = {m: find_hotspots(v, target, check.x)[int(check.target_class)] for m, v in maps.items()}
-    return audit_maps(maps, check.x, check.target_class, check.region), maps, spots
+    kwargs = {"steps": steps} if steps is not None else {}
+    k = int(check.target_class)
+    sources: dict[str, Any] = {}
+    for name, e in check.explainers.items():
+        explains = callable(getattr(e, "counterfactual", None))
+        sources[name] = e.counterfactual(check.x, target=k, **kwargs) if explains else e
+    maps = compare_attributions(check.classifier, check.x, k, sources)
+    verdicts = {m: clever_hans_audit(sources.get(m, v), check.x, k, check.region, method=m, classifier=check.classifier)
+                for m, v in maps.items()}
+    scans = {m: verify_hotspots(check.classifier, r.inputs, r.counterfactual, k, reference=check.reference)[k]
+             for m, r in sources.items() if isinstance(r, CounterfactualResult)}
+    return verdicts, maps, scans
 
 
 @dataclass
@@ -224,9 +237,7 @@ def audit(
                                "num_batches": store.num_batches, "complete": False}
             return outcome
         reduced = summarise_store(store, list(explainers), world_size=dist.world_size)
-        results: Mapping[str, CounterfactualResult] = {}
-        if keep or set_metrics or figures:
-            results = _results(stream, store, list(explainers))
+        results = _results(stream, store, list(explainers))  # hotspots are verified on them
         if keep:
             outcome.results = dict(results)
         sets = {m: r.counterfactual.clamp(0, 1) if 0 <= float(r.inputs.min()) and float(r.inputs.max()) <= 1
@@ -234,7 +245,7 @@ def audit(
         realism = judge_sets({**sets, **(realism_reference or {})}, set_metrics or {})
         extra = list(figures(results)) if figures is not None else []
         _report(outcome, reduced, out, classifier, steps, quality, clever_hans, summary, class_names, title,
-                realism, extra)
+                realism, extra, results)
         return outcome
     finally:
         if own_dist:
@@ -243,16 +254,32 @@ def audit(
 
 def _results(stream: StreamOutcome, store: ShardStore, names: list[str]) -> dict[str, CounterfactualResult]:
     """Results computed in this call, in batch order; batches finished by an earlier call read from the store."""
-    if stream.skipped or len(stream.computed) != store.num_batches:
+    if stream.skipped or len(stream.computed) != store.num_batches or any(m not in stream.results for m in names):
         return load_results(store, names)
     return {m: CounterfactualResult.concat([r for _, r in sorted(stream.results[m], key=lambda p: p[0])])
             for m in names}
 
 
+#: at most this many inputs per target class and method are used to verify hotspots in an audit's report
+HOTSPOT_INPUTS = 100
+
+
+def _verified_hotspots(classifier: Any, result: CounterfactualResult) -> dict[int, RegionScan]:
+    """Hotspots of every target class, found in the mean change and verified by effect (the first
+    :data:`HOTSPOT_INPUTS` inputs per class)."""
+    t = result.target.reshape(-1).cpu()
+    keep = torch.cat([(t == k).nonzero().flatten()[:HOTSPOT_INPUTS] for k in torch.unique(t)])
+    keep = keep.sort().values
+    # every audited image marks where objects are drawn, whatever its class
+    return verify_hotspots(classifier, result.inputs[keep], result.counterfactual[keep], t[keep],
+                           reference=result.inputs[keep], cues=False)
+
+
 def _report(outcome: AuditOutcome, reduced: StoreSummary, out: Path, classifier: Any, steps: Optional[int],
             quality: Optional[Mapping[str, float]], clever_hans: Sequence[CleverHansCheck],
             summary: Optional[Mapping[str, Any]], class_names: Optional[Sequence[str]], title: str,
-            realism: Mapping[str, Mapping[str, float]], figures: Sequence[tuple[str, Any, str]]) -> None:
+            realism: Mapping[str, Mapping[str, float]], figures: Sequence[tuple[str, Any, str]],
+            results: Mapping[str, CounterfactualResult]) -> None:
     cfg = reduced.config
     info = {"inputs explained": reduced.images, "input shape": tuple(cfg.get("sample_shape", ())),
             "batches": outcome.store.num_batches, "batch size": cfg.get("batch_size"), "targets": cfg.get("target"),
@@ -262,8 +289,7 @@ def _report(outcome: AuditOutcome, reduced: StoreSummary, out: Path, classifier:
     checked = {check.name: clever_hans_check(check, steps) for check in clever_hans}
     sections = [CleverHansSection(c.name, c.target_class, checked[c.name][0], c.x, checked[c.name][1],
                                   hotspots=checked[c.name][2], fitted_on=c.fitted_on) for c in clever_hans]
-    # Hotspots need no region: the first batch's inputs mark where the objects are drawn
-    spots = {m: hotspots_of_maps(maps, reduced.first[m].inputs) for m, maps in reduced.mean_maps.items()}
+    spots = {m: _verified_hotspots(classifier, r) for m, r in results.items()}
     report = audit_report(title, info, reduced.table, reduced.first, reduced.mean_maps, classifier=classifier,
                           class_names=class_names, quality=quality, timing=reduced.timing,
                           non_finite=reduced.non_finite, clever_hans=sections, realism=realism, figures=figures,
@@ -274,9 +300,10 @@ def _report(outcome: AuditOutcome, reduced: StoreSummary, out: Path, classifier:
     plain = reduced.to_dict(outcome.store)
     plain["quality"] = dict(quality or {})
     plain["realism"] = {m: dict(v) for m, v in realism.items()}
-    plain["clever_hans"] = {c: {m: {**v.to_dict(), "hotspots": [h.to_dict() for h in checked[c][2][m]]}
+    plain["clever_hans"] = {c: {m: {**v.to_dict(), **({"hotspots": checked[c][2][m].to_dict()} if m in checked[c][2]
+                                                        else {})}
                                 for m, v in vs.items()} for c, vs in outcome.clever_hans.items()}
-    plain["hotspots"] = {m: {str(k): [h.to_dict() for h in hs] for k, hs in per.items()} for m, per in spots.items()}
+    plain["hotspots"] = {m: {str(k): scan.to_dict() for k, scan in per.items()} for m, per in spots.items()}
     plain.update({k: v for k, v in (summary or {}).items() if isinstance(v, (int, float, str, bool))})
     outcome.summary = plain
     text = json.dumps(plain, indent=2, default=str)

@@ -19,6 +19,7 @@ from typing import Any, Optional
 from xcf.apps.methods import CLEVER_HANS_CONFIDENCE, clever_hans_explainers, reference_model
 from xcf.datasets import balanced_order
 from xcf.datasets.colour import COLOUR_NAMES, TRAIN_FOLLOW, load_coloured
+from xcf.evaluate.causal import colour_effect
 from xcf.evaluate.colour import colour_audit
 from xcf.models.classifier import accuracy
 from xcf.report.figures import rows_grid, save_figure
@@ -28,6 +29,19 @@ __all__ = ["COLOUR_DATA", "run_colour_demo"]
 
 #: ``xcf demo --data`` names of the colour scenario, and the grey data each paints
 COLOUR_DATA = {"coloured-digits": "digits", "coloured-mnist": "mnist"}
+
+_EFFECT_TEXT = (
+    "Each counterfactual's change split in two and applied alone (xcf.evaluate.causal.colour_effect): the input "
+    "recoloured as its counterfactual with its own brightness (colour flip: share then classified as the target), "
+    "and the counterfactual's brightness drawn in the input's colour (shape flip). Control: the same part taken from "
+    "the counterfactual of another input, sent to another class. A classifier reads colour (shape) when the "
+    "bootstrap interval of flip minus control lies above zero (95%)."
+)
+
+
+def _interval(ci: Any) -> str:
+    return f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
+
 
 _TEXT = (
     "Colour share: the part of |x' − x|² that changes a pixel's colour (its hue turns at the same brightness) "
@@ -93,15 +107,29 @@ def run_colour_demo(out_dir: str | Path = "xcf-out", data: str = "coloured-mnist
         for method, explainer in clever_hans_explainers(clf, flow=flow, seed=seed).items():
             r = explainer.counterfactual(x, target, steps=steps)
             v = colour_audit(r, method=method)
+            effect = colour_effect(clf, r.inputs, r.counterfactual, r.target, seed=seed)
             results[f"{method}, {name} classifier"] = r
-            summary["classifiers"][name]["methods"][method] = {"success_rate": r.success_rate, **v.to_dict()}
+            summary["classifiers"][name]["methods"][method] = {"success_rate": r.success_rate, **v.to_dict(),
+                                                               "effect": effect.to_dict()}
     rows.append({"model": "flow (diffeomorphic)", "trained on": flow_metrics["trained_on"],
                  "test bits/dim": flow_metrics.get("test_bits_per_dim")})
     report.table(rows, ["model", "trained on", "test accuracy (random colours)", "test bits/dim"])
-    report.section("Colour or shape?")
+    report.section("Colour or shape? Verified by effect")
+    report.text(_EFFECT_TEXT)
+    for c, s in summary["classifiers"].items():
+        for m, v in s["methods"].items():
+            if m == "diffeomorphic":
+                report.verdict(f"{c} classifier / {m}: {v['effect']['explanation']}", v["effect"]["reads_colour"])
+    report.table([{"classifier": c, "explanation": m, "success": v["success_rate"],
+                   "colour flip": v["effect"]["colour_flip"], "colour control": v["effect"]["colour_control"],
+                   "colour interval": _interval(v["effect"]["colour_interval"]),
+                   "shape flip": v["effect"]["shape_flip"], "shape control": v["effect"]["shape_control"],
+                   "shape interval": _interval(v["effect"]["shape_interval"]), "reads": v["effect"]["reads"]}
+                  for c, s in summary["classifiers"].items() for m, v in s["methods"].items()])
+    report.section("Where the change is: colour share")
     report.text(_TEXT)
-    report.table([{"classifier": c, "explanation": m, "success": v["success_rate"], "colour share (median)": v["colour"],
-                   "q25": v["q25"], "q75": v["q75"], "verdict": "repaints (colour)" if v["colour_driven"] else
+    report.table([{"classifier": c, "explanation": m, "colour share (median)": v["colour"],
+                   "q25": v["q25"], "q75": v["q75"], "share rule": "repaints (colour)" if v["colour_driven"] else
                    "redraws (shape)"} for c, s in summary["classifiers"].items() for m, v in s["methods"].items()])
     diffeo = {k: r for k, r in results.items() if k.startswith("diffeomorphic")}
     fig = rows_grid(diffeo, n=8, title=f"{data}: diffeomorphic counterfactuals toward (y + 3) mod 10")

@@ -5,7 +5,12 @@ e.g. a watermark carried by the images of one class.  :func:`stamp` makes such d
 pattern (square, cross or any ``(h, w)`` array) written at a fixed position into a share ``rate`` of the
 training images of class ``k``.  A classifier trained on it learns the shortcut.
 
-The audit asks each explanation where its mass lies.  For a map ``m`` (a difference map ``x' - x`` or
+Given the classifier and counterfactuals, :func:`clever_hans_audit` judges by *effect*
+(:func:`xcf.evaluate.causal.verify_region`): the counterfactuals' change inside the region, pasted alone into the
+inputs, must move the classifier toward the class clearly more than the same shape elsewhere.  On 28x28 digits
+that is what separates a shortcut from a clean classifier; where the change lies does not.
+
+Without them (maps, attributions) the audit asks each explanation where its mass lies.  For a map ``m`` (a difference map ``x' - x`` or
 an attribution) and a region ``R`` (a boolean mask) the *localisation score* is
 
     L(m, R) = sum_{p in R} |m_p| / sum_p |m_p|,
@@ -28,13 +33,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 from torch import Tensor
 
 from xcf._validation import check_inputs, format_inputs
 from xcf.datasets.watermark import apply_pattern, cross, region_mask, square, stamp
+from xcf.evaluate.causal import RegionEffect, verify_region
 from xcf.evaluate.maps import _attribute
 from xcf.objectives import TargetType, as_target_tensor
 from xcf.result import CounterfactualResult
@@ -126,6 +132,8 @@ class AuditVerdict:
         success_rate: share of successful counterfactual searches (NaN for attributions).
         scores: the per-sample scores.
         explanation: a sentence for the report.
+        verification: the region's effect on the classifier (:func:`xcf.evaluate.causal.verify_region`) when the
+            audit was given the classifier and counterfactuals; then ``flagged`` is its verdict.
     """
 
     flagged: bool
@@ -145,10 +153,20 @@ class AuditVerdict:
     success_rate: float = float("nan")
     scores: Tensor = field(default_factory=lambda: torch.empty(0), repr=False)
     explanation: str = ""
+    verification: Optional[RegionEffect] = None
+
+    @property
+    def rule(self) -> str:
+        """How ``flagged`` was decided: ``"effect"`` (verified on the classifier) or ``"localisation"``."""
+        return "effect" if self.verification is not None else "localisation"
 
     def to_dict(self) -> dict[str, Any]:
         """The verdict as plain Python values (scores left out)."""
-        return {k: v for k, v in self.__dict__.items() if k != "scores"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("scores", "verification")}
+        d["rule"] = self.rule
+        if self.verification is not None:
+            d["verification"] = self.verification.to_dict()
+        return d
 
 
 def clever_hans_audit(
@@ -160,8 +178,15 @@ def clever_hans_audit(
     *,
     method: Optional[str] = None,
     attribute_kwargs: Optional[Mapping[str, Any]] = None,
+    classifier: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> AuditVerdict:
-    """Flag a classifier whose explanations toward ``target`` concentrate in ``region``.
+    """Flag a classifier that relies on ``region`` to reach ``target``.
+
+    With ``classifier`` and counterfactuals (an xcf explainer or a result) the verdict is *causal*: the
+    counterfactuals' change inside ``region`` is pasted into the inputs and must move the classifier toward
+    ``target`` clearly more than the same shape elsewhere (:func:`xcf.evaluate.causal.verify_region`).
+    Otherwise (maps, attributions) it is the localisation rule: the median share of the maps' mass in
+    ``region`` reaches ``threshold``.
 
     Args:
         explainer_or_maps: ready maps ``(N, ...)``, a :class:`~xcf.result.CounterfactualResult`, an
@@ -176,6 +201,7 @@ def clever_hans_audit(
         method: a name for the explanation in the verdict (default: the explainer's ``method`` or
             class name).
         attribute_kwargs: passed to the explainer's ``counterfactual`` / ``attribute`` call.
+        classifier: the audited classifier: verify the region by its effect (needs counterfactuals).
 
     Returns:
         An :class:`AuditVerdict`.
@@ -226,16 +252,24 @@ def clever_hans_audit(
     med = float(valid.median())
     q = torch.quantile(valid, torch.tensor([0.25, 0.75], dtype=valid.dtype))
     flagged = med >= thr
+    verification = None
+    if classifier is not None and isinstance(source, CounterfactualResult):
+        verification = verify_region(classifier, x, source.counterfactual, t, _plane_of(r, maps))
+        flagged = verification.verified
     lift = med / baseline if baseline > 0 else math.inf
     outside = 1.0 - r.expand_as(maps)
     off = (maps.detach().abs() * outside).flatten(1).sum(1) / outside.flatten(1).sum(1).clamp_min(1.0)
     off_region = float(off[~scores.isnan()].double().cpu().median())
     verdict = "FLAGGED: likely Clever-Hans shortcut" if flagged else "not flagged"
     explanation = (
-        f"{verdict}. {method} maps toward class {cls} put a median {med:.0%} of their mass in the "
+        f"{method} maps toward class {cls} put a median {med:.0%} of their mass in the "
         f"{baseline:.1%}-area region ({lift:.1f}x chance; threshold {thr:.1%}; {n} maps); off the region they "
         f"change a median {off_region:.3g} per pixel."
     )
+    if verification is not None:
+        explanation = f"{verdict} by effect. {verification.explanation} Localisation: {explanation}"
+    else:
+        explanation = f"{verdict} by localisation. {explanation}"
     return AuditVerdict(
         flagged=bool(flagged),
         target=cls,
@@ -254,7 +288,14 @@ def clever_hans_audit(
         success_rate=success_rate,
         scores=scores,
         explanation=explanation,
+        verification=verification,
     )
+
+
+def _plane_of(region: Tensor, maps: Tensor) -> Tensor:
+    """The image-plane ``(H, W)`` mask of a region given in the maps' sample shape (any channel counts)."""
+    r = region.reshape(-1, *maps.shape[1:])[0] if region.ndim == maps.ndim else region
+    return r.bool().reshape(-1, *maps.shape[-2:]).any(0)
 
 
 def audit_maps(

@@ -20,17 +20,24 @@ from xcf.result import CounterfactualResult
 __all__ = ["CleverHansSection", "audit_report"]
 
 _HOTSPOTS_TEXT = (
-    "Hotspots, found without being told where to look: compact regions (at most 10% of the image) of a class's "
-    "mean change that carry at least 15% of it and lie mostly off the pixels the audited inputs draw their "
-    "objects on. Every counterfactual painting the same small patch toward a class, off the objects, is what a "
-    "shortcut such as a watermark looks like (xcf.evaluate.hotspots)."
+    "Hotspots, found without being told where to look and verified by their effect (xcf.evaluate.causal): "
+    "candidate regions (at most 10% of the image) are cut from each class's mean change; the counterfactuals' "
+    "change inside a candidate is pasted alone into the inputs. sufficiency: the share of the counterfactuals' "
+    "gain in log-probability of the class that this reaches; control: the same for the same shape placed where "
+    "the change is largest elsewhere; effect: their difference with its bootstrap interval (corrected for the "
+    "number of candidates). A region is verified when the interval clears 0.05 and the sufficiency is at least "
+    "twice the control's; a verified region with at least half of its change off the objects (where the "
+    "inputs are dark) is a hotspot, a suspected shortcut such as a watermark. Ranked by effect per unit area."
 )
 
 _CLEVER_HANS_TEXT = (
-    "Counterfactuals toward the suspected class, of inputs of other classes. localisation: share of |x' − x| in "
-    "the suspected region (chance: its area share); off-region change: the mean |x' − x| per pixel outside it, "
-    "the noise a person looks through; hotspot: the top region found in the mean map without the region "
-    "(rows..columns, share of the change), as xcf.evaluate.hotspots finds it."
+    "Counterfactuals toward the suspected class, of inputs of other classes. Verdicts by effect "
+    "(xcf.evaluate.causal): the counterfactuals' change inside the suspected region, pasted alone into the inputs, "
+    "must reach clearly more of their gain toward the class (sufficiency) than the same shape where the change is "
+    "largest elsewhere (control); flip: share of pasted inputs then classified as the class; necessity: share of "
+    "the gain lost when the region's change is taken out of x'. Saliency and Integrated Gradients have no "
+    "counterfactual to paste and are shown by localisation only: share of |map| in the region (chance: its area "
+    "share). verified hotspot: the top region found without being told the region."
 )
 
 
@@ -39,11 +46,21 @@ def _rows_columns(box: Sequence[int]) -> tuple[str, str]:
     return f"{box[0]}..{box[2] - 1}", f"{box[1]}..{box[3] - 1}"
 
 
-def _spot_text(spots: Sequence[Any]) -> str:
-    if not spots:
-        return "none"
-    rows, columns = _rows_columns(spots[0].box)
-    return f"rows {rows}, columns {columns}: {spots[0].share:.0%} of the change"
+def _spot_text(scan: Any) -> str:
+    if scan is None:
+        return "—"
+    if not scan.hotspots:
+        return "none verified"
+    h = scan.hotspots[0]
+    rows, columns = _rows_columns(h.box)
+    return f"rows {rows}, columns {columns}: effect {h.effect:+.2f} (control {h.control:.2f})"
+
+
+def _effect_row(e: Any) -> dict[str, Any]:
+    """The columns of a verified region."""
+    return {"sufficiency": e.sufficiency, "control": e.control, "effect": e.effect,
+            "interval": f"[{e.interval[0]:+.2f}, {e.interval[1]:+.2f}]", "lift (low end)": e.lift_low,
+            "flip": e.flip_rate, "necessity": e.necessity}
 
 
 _METRICS_TEXT = (
@@ -69,12 +86,13 @@ class CleverHansSection:
         verdicts: ``{explanation: AuditVerdict}``.
         inputs: the inputs explained (a few are drawn).
         maps: ``{explanation: maps}`` with the inputs' shape.
-        hotspots: ``{explanation: [Hotspot, ...]}`` found in the mean map toward the class without the region.
+        hotspots: ``{counterfactual method: RegionScan}`` toward the class, found without the region and verified
+            (:func:`xcf.evaluate.causal.verify_hotspots`).
         fitted_on: ``{generative model: the data it was fitted on}``.
     """
 
     def __init__(self, name: str, target_class: int, verdicts: Mapping[str, Any], inputs: Tensor,
-                 maps: Mapping[str, Tensor], hotspots: Optional[Mapping[str, Sequence[Any]]] = None,
+                 maps: Mapping[str, Tensor], hotspots: Optional[Mapping[str, Any]] = None,
                  fitted_on: Optional[Mapping[str, str]] = None):
         self.name, self.target_class, self.verdicts, self.inputs, self.maps = (
             name, target_class, dict(verdicts), inputs, dict(maps))
@@ -96,7 +114,7 @@ def audit_report(
     clever_hans: Sequence[CleverHansSection] = (),
     realism: Optional[Mapping[str, Mapping[str, float]]] = None,
     figures: Sequence[tuple[str, Any, str]] = (),
-    hotspots: Optional[Mapping[str, Mapping[int, Sequence[Any]]]] = None,
+    hotspots: Optional[Mapping[str, Mapping[int, Any]]] = None,
 ) -> Report:
     """The audit report: data and models, generator quality, counterfactuals, metrics, maps, Clever-Hans.
 
@@ -115,8 +133,8 @@ def audit_report(
         realism: ``{method: {judge: value}}``: realism of each method's whole counterfactual set, by judges
             that took no part in the search (e.g. a Fréchet distance to real images).
         figures: extra ``(name, figure, caption)`` to show after the side-by-side grids.
-        hotspots: ``{method: {class: [Hotspot, ...]}}`` (:func:`xcf.evaluate.hotspots.hotspots_of_maps`), outlined
-            on the mean maps and listed.
+        hotspots: ``{method: {class: RegionScan}}`` (:func:`xcf.evaluate.causal.verify_hotspots`): verified
+            hotspots are outlined on the mean maps and listed.
 
     Returns:
         A :class:`~xcf.report.html.Report` (call ``write(out_dir)``).
@@ -164,19 +182,36 @@ def audit_report(
                     "per phase, summed over processes:")
         report.table([{"phase": k, "share": v} for k, v in timing["shares"].items()], ["phase", "share"])
     report.section("Mean difference maps per target class")
-    boxes = {m: {k: [s.box for s in spots] for k, spots in per.items()} for m, per in (hotspots or {}).items()}
+    boxes = {m: {k: [h.box for h in scan.hotspots] for k, scan in per.items()} for m, per in (hotspots or {}).items()}
     report.figure("mean maps", mean_map_figure(dict(mean_maps), class_names, boxes),
-                  "mean x' − x of all inputs sent to each class; green: hotspots")
+                  "mean x' − x of all inputs sent to each class; green: verified hotspots")
     if hotspots is not None:
         report.text(_HOTSPOTS_TEXT)
-        rows = [{"method": m, "target": class_names[k] if class_names else k,
-                 **dict(zip(("rows", "columns"), _rows_columns(s.box))), "share of the change": s.share,
-                 "area share": s.area, "concentration": s.concentration, "off the objects": s.off_object}
-                for m, per in hotspots.items() for k, spots in per.items() for s in spots]
+        name = (lambda k: class_names[k]) if class_names else (lambda k: k)  # noqa: E731
+        rows = [{"method": m, "target": name(k), **dict(zip(("rows", "columns"), _rows_columns(h.box))),
+                 "area share": h.area, **_effect_row(h), "effect per area": h.concentration, "inputs": h.n}
+                for m, per in hotspots.items() for k, scan in per.items() for h in scan.hotspots]
         if rows:
             report.table(rows)
         else:
-            report.text("No hotspot: no method's mean change toward any class has such a region.")
+            report.text("No verified hotspot: no candidate region off the objects, in any method's mean change toward "
+                        "any class, moves the classifier clearly more than the same shape elsewhere.")
+        cues = [{"method": m, "target": name(k), **dict(zip(("rows", "columns"), _rows_columns(c.box))),
+                 "area share": c.area, **_effect_row(c), "off the objects": c.off_object}
+                for m, per in hotspots.items() for k, scan in per.items() for c in scan.cues]
+        if cues:
+            report.text("Verified cues on the objects: regions the classifier relies on that lie where the inputs draw "
+                        "their objects (a stroke it needs drawn or erased). They are how it reads the class, not a "
+                        "shortcut beside the objects; a shortcut on the objects themselves (a texture) would look alike.")
+            report.table(cues)
+        strongest = [(m, k, scan.best) for m, per in hotspots.items() for k, scan in per.items()
+                     if scan.best is not None and not scan.hotspots]
+        if strongest:
+            m, k, b = max(strongest, key=lambda t: t[2].lift_low)
+            report.text(f"The strongest candidate that was not verified: {m}, class {name(k)}, rows "
+                        f"{_rows_columns(b.box)[0]}, columns {_rows_columns(b.box)[1]}: sufficiency "
+                        f"{b.sufficiency:.2f} against {b.control:.2f} for the control, lift at the interval's low end "
+                        f"{b.lift_low:.1f}x.")
     if clever_hans:
         report.section("Clever-Hans check")
         report.text(_CLEVER_HANS_TEXT)
@@ -184,11 +219,13 @@ def audit_report(
         if check.fitted_on:
             report.text(f"{check.name}: " + "; ".join(f"the {m} was fitted on {d}" for m, d in check.fitted_on.items()))
         for method, v in check.verdicts.items():
-            report.verdict(f"{check.name} / {method}: {'FLAGGED' if v.flagged else 'not flagged'} — "
-                           f"{v.explanation}", v.flagged)
-        report.table([{"explanation": m, "median localisation": v.median, "chance": v.baseline,
-                       "lift": v.lift, "threshold": v.threshold, "off-region change per pixel": v.off_region,
-                       "flagged": v.flagged, "hotspot (no region given)": _spot_text(check.hotspots.get(m, []))}
+            if v.verification is not None:
+                report.verdict(f"{check.name} / {method}: {'RELIES ON THE REGION' if v.flagged else 'does not rely'} "
+                               f"— {v.verification.explanation}", v.flagged)
+        report.table([{"explanation": m, "judged by": v.rule, "flagged": v.flagged,
+                       **(_effect_row(v.verification) if v.verification is not None else {}),
+                       "median localisation": v.median, "chance": v.baseline,
+                       "verified hotspot (no region given)": _spot_text(check.hotspots.get(m))}
                       for m, v in check.verdicts.items()])
         grid = {m: v for m, v in check.maps.items() if m not in ("saliency", "integrated_gradients")} or check.maps
         report.figure(f"clever hans {check.name}", plot_map_grid(check.inputs[:6], grid, n=6, scale="row"),
