@@ -283,7 +283,7 @@ def test_shipped_mnist_watermark_is_verified_for_the_shortcut_classifier_only():
     x, y = load_mnist("test")
     order = balanced_order(y)
     x, y = x[order], y[order]
-    others = x[y != 7][:30]
+    others = x[y != 7][:40]  # as the MNIST demo
     mark = _box(0, 0, 4, 4, 28)
     gen = {"flow": reference("mnist-watermark-flow")[0], "vae": reference("mnist-watermark-vae")[0]}
     for name, relies in (("mnist-watermark-classifier", True), ("mnist-classifier", False)):
