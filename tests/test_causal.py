@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from xcf.evaluate.causal import (
+    Verification,
     candidate_regions,
     colour_effect,
     control_regions,
@@ -111,8 +112,8 @@ def test_a_shortcut_region_is_verified_and_a_stroke_region_is_not():
 
 def test_verification_is_deterministic_and_batch_size_free():
     x, xc = _counterfactuals()
-    a = verify_region(_corner_classifier(), x, xc, 1, _box(0, 0, 2, 2), seed=3)
-    b = verify_region(_corner_classifier(), x, xc, 1, _box(0, 0, 2, 2), seed=3, batch_size=7)
+    a = verify_region(_corner_classifier(), x, xc, 1, _box(0, 0, 2, 2), Verification(seed=3))
+    b = verify_region(_corner_classifier(), x, xc, 1, _box(0, 0, 2, 2), Verification(seed=3, batch_size=7))
     assert a.interval == b.interval and a.lift_low == b.lift_low
     assert a.effect == pytest.approx(b.effect) and a.flip_rate == b.flip_rate
 
@@ -161,9 +162,13 @@ def test_bad_batches_and_options_are_named():
     with pytest.raises(ValueError, match="out of range"):
         verify_region(clf, x, xc, 5, _box(0, 0, 2, 2))
     with pytest.raises(ValueError, match="level"):
-        verify_region(clf, x, xc, 1, _box(0, 0, 2, 2), level=1.5)
+        Verification(level=1.5)
     with pytest.raises(ValueError, match="min_lift"):
-        verify_region(clf, x, xc, 1, _box(0, 0, 2, 2), min_lift=0.5)
+        Verification(min_lift=0.5)
+    with pytest.raises(TypeError, match="controls must be an int"):
+        Verification(controls=2.5)
+    with pytest.raises(TypeError, match="must be a Verification"):
+        verify_region(clf, x, xc, 1, _box(0, 0, 2, 2), {"level": 0.9})
     bn = nn.Sequential(nn.Flatten(), nn.Linear(64, 2), nn.BatchNorm1d(2))  # in training mode
     with pytest.raises(ValueError, match="training mode"):
         verify_region(bn, x, xc, 1, _box(0, 0, 2, 2))

@@ -66,6 +66,7 @@ __all__ = [
     "ColourEffect",
     "RegionEffect",
     "RegionScan",
+    "Verification",
     "candidate_regions",
     "colour_effect",
     "control_regions",
@@ -183,20 +184,42 @@ class RegionScan:
                 "best": self.best.to_dict() if self.best else None}
 
 
-def _check_options(controls: int, level: float, min_effect: float, min_lift: float) -> None:
-    check_int(controls, "controls", minimum=1)
-    if not 0 < check_number(level, "level") < 1:
-        raise ValueError(f"level must lie in (0, 1), got {level}")
-    if not 0 <= check_number(min_effect, "min_effect") < 1:
-        raise ValueError(f"min_effect must lie in [0, 1), got {min_effect}")
-    if not check_number(min_lift, "min_lift") >= 1:
-        raise ValueError(f"min_lift must be at least 1, got {min_lift}")
+@dataclass(frozen=True)
+class Verification:
+    """How a region is verified (see the module docstring); checked when made.
+
+    Attributes:
+        controls: control placements of the region's shape (:func:`control_regions`).
+        level: confidence level of the bootstrap interval (corrected for several candidates by
+            :func:`verify_hotspots`).
+        min_effect: the smallest effect (share of the gain above the control) the interval must clear.
+        min_lift: the smallest ``sufficiency / control`` ratio the interval must clear.
+        seed: seed of the bootstrap (2,000 resamples).
+        batch_size: images per classifier call.
+    """
+
+    controls: int = CONTROLS
+    level: float = 0.95
+    min_effect: float = MIN_EFFECT
+    min_lift: float = MIN_LIFT
+    seed: int = 0
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        check_int(self.controls, "controls", minimum=1)
+        check_int(self.seed, "seed")
+        check_int(self.batch_size, "batch_size", minimum=1)
+        if not 0 < check_number(self.level, "level") < 1:
+            raise ValueError(f"level must lie in (0, 1), got {self.level}")
+        if not 0 <= check_number(self.min_effect, "min_effect") < 1:
+            raise ValueError(f"min_effect must lie in [0, 1), got {self.min_effect}")
+        if not check_number(self.min_lift, "min_lift") >= 1:
+            raise ValueError(f"min_lift must be at least 1, got {self.min_lift}")
 
 
-def _effect(m: Measure, region: Tensor, controls: int, level: float, min_effect: float, min_lift: float,
-            source: str) -> RegionEffect:
+def _effect(m: Measure, region: Tensor, v: Verification, level: float, source: str) -> RegionEffect:
     """Verify one region on a prepared batch (see the module docstring)."""
-    ctrl = control_regions(region.cpu(), m.change.cpu(), controls)
+    ctrl = control_regions(region.cpu(), m.change.cpu(), v.controls)
     suff, flip, nec = m.shares(torch.cat([region.cpu()[None], ctrl]))
     s_r, s_c = suff[0], suff[1:].mean(0)
     diff = s_r - s_c
@@ -207,7 +230,7 @@ def _effect(m: Measure, region: Tensor, controls: int, level: float, min_effect:
     lift = _ratio(float(s_r.mean()), float(s_c.mean()))
     lift_low = float(torch.quantile(torch.tensor([_ratio(a, b) for a, b in zip(b_r.tolist(), b_c.tolist())],
                                                  dtype=torch.float64).clamp(max=1e6), alpha))
-    verified = lo >= min_effect and lift_low >= min_lift
+    verified = lo >= v.min_effect and lift_low >= v.min_lift
     box = _box(region)
     area = float(region.double().mean())
     off = m.off_object(region)
@@ -217,7 +240,7 @@ def _effect(m: Measure, region: Tensor, controls: int, level: float, min_effect:
         lift=lift, lift_low=lift_low, flip_rate=float(flip[0].mean()), control_flip_rate=float(flip[1:].mean()),
         necessity=float(nec.mean()), level=level, verified=verified, off_object=off,
         source=source, crop=m.mean_signed[:, box[0]:box[2], box[1]:box[3]].float())
-    e.explanation = _explain(e, min_effect, min_lift)
+    e.explanation = _explain(e, v.min_effect, v.min_lift)
     return e
 
 
@@ -250,13 +273,7 @@ def verify_region(
     counterfactual: Tensor,
     target: Any,
     region: Tensor,
-    *,
-    controls: int = CONTROLS,
-    level: float = 0.95,
-    min_effect: float = MIN_EFFECT,
-    min_lift: float = MIN_LIFT,
-    seed: int = 0,
-    batch_size: int = 256,
+    verification: Verification | None = None,
 ) -> RegionEffect:
     """Verify by its effect that ``classifier`` relies on the counterfactuals' change inside ``region``.
 
@@ -266,12 +283,7 @@ def verify_region(
         counterfactual: ``(N, C, H, W)`` their counterfactuals ``x'``.
         target: the class each counterfactual was sent to (int or ``(N,)``).
         region: bool ``(H, W)`` mask (or of one sample's shape: its channels are taken together).
-        controls: control placements of the region's shape (see :func:`control_regions`).
-        level: confidence level of the bootstrap interval.
-        min_effect: the smallest effect (share of the gain above the control) the interval must clear.
-        min_lift: the smallest ``sufficiency / control`` ratio the interval must clear.
-        seed: seed of the bootstrap.
-        batch_size: images per classifier call.
+        verification: controls, level, thresholds, seed and batch size (default: :class:`Verification`).
 
     Returns:
         A :class:`RegionEffect`.
@@ -286,11 +298,11 @@ def verify_region(
         >>> verify_region(clf, x, xc, 1, corner).verified
         True
     """
-    _check_options(controls, level, min_effect, min_lift)
-    scorer, x, xc, t = prepare(classifier, x, counterfactual, target, batch_size)
+    v = _options(verification)
+    scorer, x, xc, t = prepare(classifier, x, counterfactual, target, v.batch_size)
     r = _plane(region, x)
-    measure = Measure(scorer, x, xc, t, seed, 2000)
-    return _effect(measure, r, controls, level, min_effect, min_lift, "named")
+    measure = Measure(scorer, x, xc, t, v.seed, 2000)
+    return _effect(measure, r, v, v.level, "named")
 
 
 def verify_hotspots(
@@ -304,12 +316,7 @@ def verify_hotspots(
     reference_labels: Any = None,
     cues: bool = True,
     max_area: float = 0.1,
-    controls: int = CONTROLS,
-    level: float = 0.95,
-    min_effect: float = MIN_EFFECT,
-    min_lift: float = MIN_LIFT,
-    seed: int = 0,
-    batch_size: int = 256,
+    verification: Verification | None = None,
 ) -> dict[int, RegionScan]:
     """Find and verify hotspots toward each target class, without being told where to look.
 
@@ -329,15 +336,15 @@ def verify_hotspots(
         cues: verify candidates on the objects too (else only those that could be hotspots, which is faster:
             most of a mean change lies on the objects).
         max_area: the largest image share of a candidate from the mean map.
-        controls, level, min_effect, min_lift, seed, batch_size: as for :func:`verify_region`.
+        verification: as for :func:`verify_region`; its level is corrected for the number of separate candidates.
 
     Returns:
         ``{class: RegionScan}`` for every target class present.
     """
-    _check_options(controls, level, min_effect, min_lift)
+    v = _options(verification)
     if not 0 < check_number(max_area, "max_area") < 1:
         raise ValueError(f"max_area must lie in (0, 1), got {max_area}")
-    scorer, x, xc, t = prepare(classifier, x, counterfactual, target, batch_size)
+    scorer, x, xc, t = prepare(classifier, x, counterfactual, target, v.batch_size)
     if reference is not None:
         check_inputs(reference, "reference", min_dim=4)
         if tuple(reference.shape[1:]) != tuple(x.shape[1:]):
@@ -351,7 +358,7 @@ def verify_hotspots(
         if reference is not None and reference_labels is not None:
             ref = reference[torch.as_tensor(reference_labels).reshape(-1).to(reference.device) == int(k)]
         try:
-            measure = Measure(scorer, x[own], xc[own], t[own], seed, 2000, ref)
+            measure = Measure(scorer, x[own], xc[own], t[own], v.seed, 2000, ref)
         except ValueError:
             out[int(k)] = RegionScan(int(k), [], None, 0, 0)
             continue
@@ -359,17 +366,25 @@ def verify_hotspots(
         cands += [(r.to(x.device), "mean map") for r in candidate_regions(measure.mean_signed, max_area=max_area)
                   if cues or measure.off_object(r) >= MIN_OFF_OBJECT]
         # nested cuts of one region are nearly the same test: correct for the number of separate regions
-        lvl = 1 - (1 - level) / max(len(overlap_groups([r for r, _ in cands])), 1)
+        lvl = 1 - (1 - v.level) / max(len(overlap_groups([r for r, _ in cands])), 1)
         effects = []
         for r, source in cands:
             try:
-                effects.append(_effect(measure, r, controls, lvl, min_effect, min_lift, source))
+                effects.append(_effect(measure, r, v, lvl, source))
             except ValueError:  # no room for a control of this shape
                 continue
         best = max(effects, key=lambda e: e.concentration, default=None)
         out[int(k)] = RegionScan(int(k), _distinct([e for e in effects if e.shortcut]), best, len(effects), measure.n,
                                  _distinct([e for e in effects if e.verified and not e.shortcut]))
     return out
+
+
+def _options(verification: Verification | None) -> Verification:
+    if verification is None:
+        return Verification()
+    if not isinstance(verification, Verification):
+        raise TypeError(f"verification must be a Verification, got {type(verification).__name__}")
+    return verification
 
 
 def _distinct(effects: list[RegionEffect]) -> list[RegionEffect]:
