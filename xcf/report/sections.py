@@ -25,7 +25,7 @@ _HOTSPOTS_TEXT = (
     "change inside a candidate is pasted alone into the inputs. sufficiency: the share of the counterfactuals' "
     "gain in log-probability of the class that this reaches; control: the same for the same shape placed where "
     "the change is largest elsewhere; effect: their difference with its bootstrap interval (corrected for the "
-    "number of candidates). A region is verified when the interval clears 0.05 and the sufficiency is at least "
+    "number of candidates). A region is verified when the interval clears 0.1 and the sufficiency is at least "
     "twice the control's; a verified region with at least half of its change off the objects (where the "
     "inputs are dark) is a hotspot, a suspected shortcut such as a watermark. Ranked by effect per unit area."
 )
