@@ -187,6 +187,12 @@ def test_verify_hotspots_finds_the_shortcut_without_being_told_and_nothing_for_t
     assert clean.hotspots == [] and clean.best is not None and not clean.best.verified
 
 
+def test_verify_hotspots_passes_on_errors_it_does_not_expect():
+    x, xc = _counterfactuals(10)
+    with pytest.raises(ValueError, match="out of range"):  # not taken for "nothing to verify toward this class"
+        verify_hotspots(_corner_classifier(), x, xc, 5)
+
+
 def test_verify_hotspots_per_class_and_with_named_regions():
     x, xc = _counterfactuals(30)
     t = torch.tensor([1, 0] * 15)

@@ -51,7 +51,7 @@ from xcf._validation import check_inputs, check_int, check_number
 from xcf.evaluate.colour import ColourEffect, colour_effect, recolour_reshape
 from xcf.evaluate.regions import (
     CONTROLS,
-    Measure,
+    Measure, NoGain, NoRoom,
     candidate_regions,
     control_regions,
     overlap_groups,
@@ -359,7 +359,7 @@ def verify_hotspots(
             ref = reference[torch.as_tensor(reference_labels).reshape(-1).to(reference.device) == int(k)]
         try:
             measure = Measure(scorer, x[own], xc[own], t[own], v.seed, 2000, ref)
-        except ValueError:
+        except NoGain:  # nothing toward this class to verify; any other error is the caller's to see
             out[int(k)] = RegionScan(int(k), [], None, 0, 0)
             continue
         cands = [(r.to(x.device), "named") for r in named]
@@ -371,7 +371,7 @@ def verify_hotspots(
         for r, source in cands:
             try:
                 effects.append(_effect(measure, r, v, lvl, source))
-            except ValueError:  # no room for a control of this shape
+            except NoRoom:  # no control of this shape fits: the candidate cannot be judged
                 continue
         best = max(effects, key=lambda e: e.concentration, default=None)
         out[int(k)] = RegionScan(int(k), _distinct([e for e in effects if e.shortcut]), best, len(effects), measure.n,

@@ -10,8 +10,8 @@ Given the classifier and counterfactuals, :func:`clever_hans_audit` judges by *e
 inputs, must move the classifier toward the class clearly more than the same shape elsewhere.  On 28x28 digits
 that is what separates a shortcut from a clean classifier; where the change lies does not.
 
-Without them (maps, attributions) the audit asks each explanation where its mass lies.  For a map ``m`` (a difference map ``x' - x`` or
-an attribution) and a region ``R`` (a boolean mask) the *localisation score* is
+Without them (maps, attributions) the audit asks each explanation where its mass lies.  For a map ``m`` (a
+difference map ``x' - x`` or an attribution) and a region ``R`` (a boolean mask) the *localisation score* is
 
     L(m, R) = sum_{p in R} |m_p| / sum_p |m_p|,
 

@@ -26,8 +26,8 @@ from xcf._validation import (
     modules_of,
 )
 
-__all__ = ["Measure", "Scorer", "candidate_regions", "control_regions", "dark_pixels", "overlap_groups", "paste",
-           "paste_curve", "prepare", "remove"]
+__all__ = ["Measure", "NoGain", "NoRoom", "Scorer", "candidate_regions", "control_regions", "dark_pixels",
+           "overlap_groups", "paste", "paste_curve", "prepare", "remove"]
 
 #: sufficiency and necessity shares are clipped to this range (a paste that overshoots the counterfactual, or
 #: pushes away from the target, should not dominate a mean)
@@ -38,6 +38,14 @@ CONTROLS = 6
 OBJECT_LEVEL = 0.2
 #: the levels (times the mean map's maximum) at which candidate regions are cut
 LEVELS = (0.1, 0.2, 0.3, 0.45, 0.6, 0.8)
+
+
+class NoGain(ValueError):
+    """No counterfactual of the batch raised the target's log-probability: there is no change to verify."""
+
+
+class NoRoom(ValueError):
+    """No placement of the region's shape fits beside it: it has no control."""
 
 
 def _pair(x: Tensor, counterfactual: Tensor) -> tuple[Tensor, Tensor]:
@@ -125,7 +133,7 @@ def control_regions(region: Tensor, change: Tensor, count: int = CONTROLS) -> Te
     mass, overlap = (torch.nn.functional.conv2d(img[None, None], kernel)[0, 0] for img in (c, r.double()))
     free = overlap == 0
     if not bool(free.any()):
-        raise ValueError(f"region of box {(t, left, b, right)} leaves no room in the {H}x{W} image for a control "
+        raise NoRoom(f"region of box {(t, left, b, right)} leaves no room in the {H}x{W} image for a control "
                          "region of the same shape that does not overlap it; use a smaller region")
     ij = free.nonzero()
     order = torch.argsort(mass[free], descending=True, stable=True)[:count]
@@ -230,7 +238,7 @@ class Measure:
         gain = l1 - l0
         keep = gain > 1e-3  # a counterfactual that did not raise the target has no gain to share
         if not bool(keep.any()):
-            raise ValueError("no counterfactual raised the target's probability: there is no change to verify")
+            raise NoGain("no counterfactual raised the target's probability: there is no change to verify")
         idx = keep.nonzero().flatten().to(x.device)
         self.scorer, self.x, self.xc, self.target = scorer, x[idx], xc[idx], target[idx]
         self.l0, self.l1, self.gain = l0[keep], l1[keep], gain[keep]
